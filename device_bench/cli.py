@@ -1,0 +1,74 @@
+"""Command line: `python -m device_bench MODEL_FILE [options]`."""
+
+import argparse
+import os
+import sys
+
+from device_bench.bench import run_bench
+from device_bench.errors import BenchError
+from device_bench.files import write_json
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(
+        prog="python -m device_bench",
+        description="Benchmark a tensoredge .onnx (onnxruntime) or .gguf (llama-cpp-python) model "
+        "on this machine: load time, prefill and greedy-decode speed, latency and peak memory.",
+    )
+    p.add_argument("model", metavar="MODEL_FILE", help="path to a .onnx or .gguf file")
+    p.add_argument("--prompt-tokens", type=int, default=64, help="random prompt length (default: 64)")
+    p.add_argument("--decode-tokens", type=int, default=32, help="greedy decode steps per run (default: 32)")
+    p.add_argument("--threads", type=int, default=None, help="CPU threads (default: physical cores)")
+    p.add_argument("--repeats", type=int, default=3, help="measured runs (default: 3)")
+    p.add_argument("--warmup", type=int, default=1, help="unmeasured runs first (default: 1)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the random prompt (default: 0)")
+    p.add_argument("--json", metavar="OUT", help="also write the full result as JSON to OUT")
+    return p.parse_args(argv)
+
+
+def mib(n: int) -> str:
+    return f"{n / 2**20:.1f} MiB"
+
+
+def format_table(r: dict) -> str:
+    def rate(key: str) -> str:
+        s = r[key]
+        return f"{s['median']:.1f} tok/s  (min {s['min']:.1f}, max {s['max']:.1f})"
+
+    lat = r["decode_latency_ms"]
+    prefill_ms = r["prefill_s"]["median"] * 1e3
+    rows = [
+        ("model", f"{os.path.basename(r['model_path'])}  ({r['format']}, {mib(r['model_bytes'])})"),
+        ("runtime", f"{r['runtime']['name']} {r['runtime']['version']}, kv_cache={r['kv_cache']}"),
+        ("threads", str(r["threads"])),
+        ("load", f"{r['load_s']:.3f} s"),
+        (f"prefill ({r['prompt_tokens']} tok)", f"{prefill_ms:.3g} ms, {rate('prefill_tokens_per_s')}"),
+        (f"decode ({r['decode_tokens']} tok)", rate("decode_tokens_per_s")),
+        ("token latency", f"p50 {lat['p50']:.2f} ms, p95 {lat['p95']:.2f} ms"),
+        ("peak RSS", f"{mib(r['peak_rss_sampled_bytes'])} sampled, {mib(r['peak_rss_os_bytes'])} OS"),
+        ("runs", f"{r['repeats']} measured + {r['warmup']} warmup"),
+    ]
+    width = max(len(k) for k, _ in rows)
+    return "\n".join(f"{k:<{width}}  {v}" for k, v in rows)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the benchmark; return 0 on success, 2 on a BenchError (printed as one line)."""
+    args = parse_args(argv)
+    try:
+        result = run_bench(
+            args.model,
+            prompt_tokens=args.prompt_tokens,
+            decode_tokens=args.decode_tokens,
+            threads=args.threads,
+            repeats=args.repeats,
+            warmup=args.warmup,
+            seed=args.seed,
+        )
+        print(format_table(result))
+        if args.json:
+            write_json(result, args.json)
+    except BenchError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0

@@ -1,0 +1,196 @@
+"""GGUF export for llama.cpp (GPT-2 and Llama architectures), verified by llama.cpp itself.
+
+llama.cpp only runs its fixed architectures, so factorized layers are materialised into dense
+tensors here: the file is as large as a dense model of the same type.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+
+from models.base import LoadedModel
+from toolkit.compress import factorized_modules
+from toolkit.errors import TensoredgeError
+from toolkit.files import atomic_path
+
+ARCHES = {"gpt2": "GPT2", "llama": "LLAMA"}
+CONV1D = (".attn.c_attn.weight", ".attn.c_proj.weight", ".mlp.c_fc.weight", ".mlp.c_proj.weight")
+VERIFY_PROMPT, VERIFY_STEPS = 16, 16
+# A quantized file must still agree with PyTorch on most greedy tokens, or it is broken.
+MIN_AGREEMENT = {"f32": 1.0, "f16": 0.75, "q8_0": 0.5}
+
+
+def weight_types():
+    import gguf
+
+    Q = gguf.GGMLQuantizationType
+    return {
+        "f32": (Q.F32, gguf.LlamaFileType.ALL_F32),
+        "f16": (Q.F16, gguf.LlamaFileType.MOSTLY_F16),
+        "q8_0": (Q.Q8_0, gguf.LlamaFileType.MOSTLY_Q8_0),
+    }
+
+
+def dense_tensors(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """Hugging Face-named dense weights; factorized modules materialised in their original layout.
+
+    A head that shares the embedding's factors is left out: llama.cpp then ties output to token_embd.
+    """
+    factorized = factorized_modules(model)
+    state = {}
+    for path, module in factorized.items():
+        if module.ties_to:
+            continue
+        state[f"{path}.weight"] = module.dense_weight()
+        if (bias := module.dense_bias()) is not None:
+            state[f"{path}.bias"] = bias
+    for name, param in model.named_parameters(remove_duplicate=True):
+        if not any(name.startswith(f"{path}.") for path in factorized):
+            state[name] = param
+    return {name: t.detach().float() for name, t in state.items()}
+
+
+def unpermute_rope(weight: np.ndarray, heads: int) -> np.ndarray:
+    """Hugging Face's rotary layout (halves) -> llama.cpp's (interleaved pairs), per head."""
+    rows = weight.shape[0]
+    return weight.reshape(heads, 2, rows // heads // 2, -1).swapaxes(1, 2).reshape(weight.shape)
+
+
+def gguf_tensor(name: str, tensor: torch.Tensor, family: str, config) -> np.ndarray:
+    """One weight in llama.cpp's layout."""
+    array = tensor.numpy()
+    if family == "gpt2" and name.endswith(CONV1D):
+        array = array.T  # GPT-2's Conv1D stores (in, out)
+    if family == "llama" and name.endswith("self_attn.q_proj.weight"):
+        array = unpermute_rope(array, config.num_attention_heads)
+    if family == "llama" and name.endswith("self_attn.k_proj.weight"):
+        array = unpermute_rope(array, config.num_key_value_heads)
+    return np.ascontiguousarray(array, dtype=np.float32)
+
+
+def add_hparams(writer, family: str, config) -> None:
+    if family == "gpt2":
+        writer.add_context_length(config.n_positions)
+        writer.add_embedding_length(config.n_embd)
+        writer.add_feed_forward_length(config.n_inner or 4 * config.n_embd)
+        writer.add_block_count(config.n_layer)
+        writer.add_head_count(config.n_head)
+        writer.add_layer_norm_eps(config.layer_norm_epsilon)
+    else:
+        head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+        writer.add_context_length(config.max_position_embeddings)
+        writer.add_embedding_length(config.hidden_size)
+        writer.add_feed_forward_length(config.intermediate_size)
+        writer.add_block_count(config.num_hidden_layers)
+        writer.add_head_count(config.num_attention_heads)
+        writer.add_head_count_kv(config.num_key_value_heads)
+        writer.add_layer_norm_rms_eps(config.rms_norm_eps)
+        writer.add_rope_freq_base(config.rope_theta)
+        writer.add_rope_dimension_count(head_dim)
+    writer.add_vocab_size(config.vocab_size)
+
+
+def add_tokenizer(writer, loaded: LoadedModel) -> None:
+    """Byte-level BPE vocabulary, merges and special ids, from the model's own tokenizer files."""
+    import gguf
+
+    vocab_size = loaded.model.config.vocab_size
+    with tempfile.TemporaryDirectory() as folder:
+        loaded.tokenizer.save_pretrained(folder)
+        try:
+            bpe = gguf.vocab.BpeVocab(Path(folder))
+        except (FileNotFoundError, ValueError) as exc:
+            raise TensoredgeError(f"GGUF export needs a byte-level BPE tokenizer: {exc}") from None
+        special = gguf.SpecialVocab(folder, load_merges=True, n_vocab=vocab_size)
+    control = {i for i, tok in loaded.tokenizer.added_tokens_decoder.items() if tok.special}
+    tokens, types = [], []
+    for i, (text, _score, kind) in enumerate(bpe.all_tokens()):
+        tokens.append(text)
+        types.append(gguf.TokenType.CONTROL if i in control else kind)
+    for i in range(len(tokens), vocab_size):  # embedding rows beyond the tokenizer
+        tokens.append(f"[PAD{i}]")
+        types.append(gguf.TokenType.UNUSED)
+    writer.add_tokenizer_model("gpt2")
+    writer.add_tokenizer_pre(loaded.gguf_pre)
+    writer.add_token_list(tokens[:vocab_size])
+    writer.add_token_types(types[:vocab_size])
+    special.add_to_gguf(writer, quiet=True)
+
+
+def verify_gguf(path: Path, loaded: LoadedModel, weight_type: str) -> dict:
+    """Greedy-decode with llama.cpp and compare every step's logits with PyTorch's."""
+    from device_bench.runtimes.llama_cpp import LlamaCppRuntime
+
+    generator = torch.Generator().manual_seed(0)
+    prompt = torch.randint(0, loaded.model.config.vocab_size, (VERIFY_PROMPT,), generator=generator)
+    runtime = LlamaCppRuntime(str(path), threads=torch.get_num_threads(), max_tokens=VERIFY_PROMPT + VERIFY_STEPS)
+    got = [runtime.prefill(prompt.numpy())]
+    tokens = []
+    for _ in range(VERIFY_STEPS - 1):
+        tokens.append(int(got[-1].argmax()))
+        got.append(runtime.decode_step(tokens[-1]))
+    del runtime
+    sequence = torch.cat([prompt, torch.tensor(tokens, dtype=prompt.dtype)])[None]
+    with torch.inference_mode():
+        expected = loaded.model(input_ids=sequence, use_cache=False).logits[0, VERIFY_PROMPT - 1 :].numpy()
+    got_array = np.stack(got)
+    agreement = float((got_array.argmax(-1) == expected.argmax(-1)).mean())
+    diff = float(np.abs(got_array - expected).max())
+    if agreement < MIN_AGREEMENT[weight_type]:
+        raise TensoredgeError(
+            f"llama.cpp agrees with PyTorch on {agreement:.0%} of next tokens "
+            f"(needs {MIN_AGREEMENT[weight_type]:.0%} for {weight_type}; max logit diff {diff:.3g}): not written"
+        )
+    return {"top1_agreement": agreement, "max_abs_logit_diff": diff, "steps": VERIFY_STEPS}
+
+
+def export_gguf(
+    loaded: LoadedModel,
+    path: str | Path,
+    weight_type: str = "f32",
+    progress: Callable[[str], None] | None = None,
+) -> dict:
+    """Write `loaded` as a llama.cpp GGUF of `weight_type`, verify it, then move it into place."""
+    import gguf
+
+    types = weight_types()
+    if weight_type not in types:
+        raise TensoredgeError(f"unknown GGUF type '{weight_type}': choose one of {', '.join(types)}")
+    qtype, file_type = types[weight_type]
+    say = progress or (lambda _msg: None)
+    config = loaded.model.config
+    arch = gguf.MODEL_ARCH[ARCHES[loaded.family]]
+    names = gguf.get_tensor_name_map(arch, config.num_hidden_layers)
+    F32 = gguf.GGMLQuantizationType.F32
+    with atomic_path(path) as tmp:
+        writer = gguf.GGUFWriter(str(tmp), gguf.MODEL_ARCH_NAMES[arch])
+        writer.add_name(loaded.name)
+        writer.add_file_type(file_type)
+        add_hparams(writer, loaded.family, config)
+        add_tokenizer(writer, loaded)
+        kept_f32 = []
+        for name, tensor in dense_tensors(loaded.model).items():
+            gguf_name = names.get_name(name, try_suffixes=(".weight", ".bias"))
+            if gguf_name is None:
+                raise TensoredgeError(f"no llama.cpp tensor for '{name}' in {loaded.family}: cannot export")
+            array = gguf_tensor(name, tensor, loaded.family, config)
+            fits = array.ndim > 1 and array.shape[-1] % gguf.GGML_QUANT_SIZES[qtype][0] == 0
+            tensor_type = qtype if fits else F32  # norms, biases, rows that do not fit a quant block
+            if tensor_type != qtype:
+                kept_f32.append(gguf_name)
+            data = array if tensor_type == F32 else gguf.quants.quantize(array, tensor_type)
+            writer.add_tensor(gguf_name, data, raw_dtype=tensor_type)
+        say(f"writing GGUF ({weight_type})")
+        writer.write_header_to_file()
+        writer.write_kv_data_to_file()
+        writer.write_tensors_to_file()
+        writer.close()
+        say("checking llama.cpp against PyTorch")
+        check = verify_gguf(tmp, loaded, weight_type)
+    return {"path": str(path), "file_bytes": Path(path).stat().st_size, "weight_type": weight_type,
+            "tensors_kept_f32": len(kept_f32), **check}

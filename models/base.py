@@ -1,0 +1,60 @@
+"""What a model entry provides: a spec with its defaults, and the loaded model it builds."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+
+@dataclass
+class ModelSpec:
+    """One registered model: where it comes from and the defaults the toolkit uses for it."""
+
+    name: str
+    family: str  # "gpt2" or "llama"
+    source: str  # human-readable origin of the weights
+    load: Callable[[], "LoadedModel"]
+    eval_context: int = 1024  # tokens per evaluation window
+    demo_plan: dict[str, str] = field(default_factory=dict)  # target -> method spec
+    notes: str = ""
+
+
+@dataclass
+class LoadedModel:
+    """A model ready for the toolkit: float32, eval mode, with its tokenizer."""
+
+    name: str
+    family: str
+    model: Any  # transformers.PreTrainedModel
+    tokenizer: Any  # transformers.PreTrainedTokenizerBase
+    source: str
+    gguf_pre: str = "default"  # llama.cpp pre-tokenizer name used when writing GGUF
+    eval_context: int = 1024
+
+    @property
+    def config(self) -> Any:
+        return self.model.config
+
+
+def family_of(config: Any) -> str:
+    """Map a transformers config to the families the toolkit supports."""
+    from toolkit.errors import TensoredgeError
+
+    kind = getattr(config, "model_type", "")
+    if kind == "gpt2":
+        return "gpt2"
+    if kind == "llama":
+        return "llama"
+    raise TensoredgeError(
+        f"model type '{kind}' is not supported yet: tensoredge handles GPT-2 and Llama families"
+    )
+
+
+def finish(model: Any) -> Any:
+    """Put a freshly built or loaded model in the state every stage expects."""
+    import torch
+
+    model = model.to(torch.float32)
+    model.eval()
+    model.requires_grad_(False)
+    return model

@@ -1,0 +1,121 @@
+"""The `tensoredge` command line: info, eval, compress, export, generate, bench, report, pipeline.
+
+Heavy libraries are imported inside each command, so `tensoredge bench` stays torch-free.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from device_bench.errors import BenchError
+from device_bench.files import write_json
+from toolkit.errors import TensoredgeError
+
+DEFAULT_MODEL = "smollm2-135m"  # kept equal to models.DEFAULT_MODEL without importing torch here
+
+
+def add_model(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", default=DEFAULT_MODEL,
+                   help="registered name (smollm2-135m, tiny-gpt2, gpt2-124m-random), Hugging Face "
+                        "directory or hub id, .gguf file, or a compressed folder (default: %(default)s)")
+
+
+def add_json(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--json", metavar="FILE", help="also write the results as JSON to FILE")
+
+
+def add_plan(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--embedding", metavar="SPEC", help="embedding method, e.g. tt:ratio=4 or tt:rank=8")
+    p.add_argument("--mlp", metavar="SPEC", help="MLP linears method, e.g. svd:ratio=1.5 or svd:rank=128")
+
+
+def add_eval_window(p: argparse.ArgumentParser, max_tokens: int | None) -> None:
+    p.add_argument("--max-tokens", type=int, default=max_tokens,
+                   help="evaluate on the first N tokens of WikiText-2 test (default: %(default)s; all if unset)")
+    p.add_argument("--context", type=int, help="window length in tokens (default: the model's, at most 1024)")
+    p.add_argument("--stride", type=int, help="tokens between window starts (default: half the context)")
+
+
+def plan_of(args: argparse.Namespace) -> dict[str, str]:
+    return {target: spec for target in ("embedding", "mlp") if (spec := getattr(args, target, None))}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="tensoredge", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("info", help="registered models, or one model's parameters by component")
+    p.add_argument("--model", help="show parameters and bytes by component for this model")
+    add_json(p)
+
+    p = sub.add_parser("eval", help="perplexity on WikiText-2 test; KL and top-1 against a reference")
+    add_model(p)
+    p.add_argument("--reference", help="uncompressed model to compare with (default for a compressed "
+                                       "folder: its base model)")
+    p.add_argument("--no-reference", action="store_true", help="perplexity only")
+    add_eval_window(p, max_tokens=None)
+    add_json(p)
+
+    p = sub.add_parser("compress", help="compress a model and save it (safetensors + manifest)")
+    add_model(p)
+    add_plan(p)
+    p.add_argument("--out", required=True, help="output folder")
+    add_json(p)
+
+    p = sub.add_parser("export", help="export to ONNX (factors kept) or GGUF (llama.cpp), verified")
+    p.add_argument("format", choices=["onnx", "gguf"])
+    add_model(p)
+    p.add_argument("--out", required=True, help="output file (.onnx or .gguf)")
+    p.add_argument("--type", default="f32", help="GGUF weight type: f32, f16, q8_0 (default: %(default)s)")
+    add_json(p)
+
+    p = sub.add_parser("generate", help="greedy text generation with PyTorch")
+    add_model(p)
+    p.add_argument("--prompt", required=True)
+    p.add_argument("--max-new-tokens", type=int, default=32)
+    add_json(p)
+
+    p = sub.add_parser("bench", help="time an exported .onnx or .gguf file (runs without torch)")
+    p.add_argument("file", help=".onnx or .gguf file")
+    p.add_argument("--prompt-tokens", type=int, default=64)
+    p.add_argument("--decode-tokens", type=int, default=32)
+    p.add_argument("--threads", type=int, help="CPU threads (default: physical cores)")
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--warmup", type=int, default=1)
+    add_json(p)
+
+    p = sub.add_parser("report", help="a Markdown report from bench and pipeline JSON files")
+    p.add_argument("runs", nargs="+", help="JSON files written by bench, eval or pipeline")
+    p.add_argument("--out", required=True, help="output folder")
+    add_json(p)
+
+    p = sub.add_parser("pipeline", help="load, compress, evaluate, export and bench; one summary table")
+    add_model(p)
+    add_plan(p)
+    add_eval_window(p, max_tokens=8192)
+    p.add_argument("--out", help="report folder (default: tensoredge-out/<model>)")
+    p.add_argument("--gguf-type", default="f32", help="GGUF weight type (default: %(default)s)")
+    p.add_argument("--prompt-tokens", type=int, default=64)
+    p.add_argument("--decode-tokens", type=int, default=32)
+    p.add_argument("--threads", type=int, help="CPU threads for the benches (default: physical cores)")
+    add_json(p)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    from toolkit import commands
+
+    try:
+        result = getattr(commands, args.command)(args)
+        if args.json and result is not None:
+            write_json(result, args.json)
+    except (TensoredgeError, BenchError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,62 @@
+"""Compression: `compress_(model, plan)` swaps layers for factorized modules in place.
+
+A plan maps targets ("embedding", "mlp") to method specs ("tt:ratio=4", "svd:ratio=1.5").
+Each method is one file registered in `registry.METHODS`.
+"""
+
+from __future__ import annotations
+
+import torch.nn as nn
+
+from toolkit.compress import low_rank, shared_head, tt_embedding  # noqa: F401 - registers the methods
+from toolkit.compress.registry import METHODS, Factorized, get_method
+from toolkit.compress.shared_head import HEAD_POLICIES, SharedHead
+from toolkit.compress.spec import MethodSpec, parse_spec
+from toolkit.compress.targets import KIND, TARGETS, find_targets
+from toolkit.counting import head_is_tied
+from toolkit.errors import TensoredgeError
+
+Plan = dict[str, str]
+
+
+def compress_(model: nn.Module, family: str, plan: Plan, progress=None) -> None:
+    """Replace every layer named by `plan` with its factorized form, in place."""
+    specs = {target: parse_spec(text) for target, text in plan.items()}
+    for target, spec in specs.items():
+        method = get_method(spec.method, KIND.get(target, target))
+        unknown = set(spec.params) - set(method.params) - ({"head"} if target == "embedding" else set())
+        if unknown:
+            raise TensoredgeError(f"'{spec}' has unknown parameter(s) {', '.join(sorted(unknown))}: "
+                                  f"{spec.method} takes {', '.join(method.params)}")
+        paths = find_targets(model, family, target)
+        tied = target == "embedding" and head_is_tied(model)
+        for path in paths:
+            model.set_submodule(path, method.compress(model.get_submodule(path), spec))
+        if tied:
+            tie_head_(model, paths[0], str(spec.params.get("head", "shared")))
+        if progress:
+            progress(f"{target}: {len(paths)} layer(s) compressed with {spec}")
+
+
+def tie_head_(model: nn.Module, embedding_path: str, policy: str) -> None:
+    """Give a formerly tied LM head its `policy`: share the new factors, or keep the dense table."""
+    if policy not in HEAD_POLICIES:
+        raise TensoredgeError(f"head={policy} is not a head policy: choose one of {', '.join(HEAD_POLICIES)}")
+    model.config.tie_word_embeddings = False  # the tie is now ours to keep, not transformers'
+    if policy == "shared":
+        model.set_submodule("lm_head", SharedHead(model.get_submodule(embedding_path), embedding_path))
+    # "dense": lm_head still holds the original table's Parameter, now its own.
+
+
+def factorized_modules(model: nn.Module) -> dict[str, Factorized]:
+    """Every compressed module of `model` by path."""
+    return {path: m for path, m in model.named_modules() if isinstance(m, Factorized)}
+
+
+def rebuild_(model: nn.Module, records: dict[str, dict]) -> None:
+    """Put empty factorized modules with the recorded shapes at their paths (for reloading)."""
+    for path, record in records.items():
+        model.set_submodule(path, METHODS[record["method"]].rebuild(record, model))
+
+
+__all__ = ["compress_", "rebuild_", "factorized_modules", "parse_spec", "MethodSpec", "Plan", "TARGETS"]

@@ -1,0 +1,37 @@
+"""Where the compressible layers of each family live, and how to read a linear's weight."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+
+from toolkit.errors import TensoredgeError
+
+EMBEDDING = {"gpt2": "transformer.wte", "llama": "model.embed_tokens"}
+MLP = {
+    "gpt2": ("transformer.h", ("mlp.c_fc", "mlp.c_proj")),
+    "llama": ("model.layers", ("mlp.gate_proj", "mlp.up_proj", "mlp.down_proj")),
+}
+TARGETS = ("embedding", "mlp")
+KIND = {"embedding": "embedding", "mlp": "linear"}
+
+
+def find_targets(model: nn.Module, family: str, target: str) -> list[str]:
+    """Module paths of `target` ("embedding" or "mlp") in a model of `family`."""
+    if target == "embedding":
+        return [EMBEDDING[family]]
+    if target == "mlp":
+        blocks, names = MLP[family]
+        count = len(model.get_submodule(blocks))
+        return [f"{blocks}.{i}.{name}" for i in range(count) for name in names]
+    raise TensoredgeError(f"unknown target '{target}': choose one of {', '.join(TARGETS)}")
+
+
+def linear_weight(module: nn.Module) -> tuple[torch.Tensor, torch.Tensor | None, str]:
+    """(weight as out x in, bias, layout) for nn.Linear and GPT-2's Conv1D (stored in x out)."""
+    weight = module.weight.detach()
+    if isinstance(module, nn.Linear):
+        return weight, module.bias, "linear"
+    if type(module).__name__ == "Conv1D":
+        return weight.T, module.bias, "conv1d"
+    raise TensoredgeError(f"cannot read a linear weight from {type(module).__name__}")

@@ -1,0 +1,104 @@
+"""`tensoredge pipeline`: load -> compress -> evaluate -> export -> bench -> one summary table."""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import subprocess
+import sys
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+from device_bench.files import write_json
+from toolkit.progress import say
+
+VARIANTS = ("dense", "compressed")
+
+
+def bench_in_subprocess(path: Path, out: Path, args: argparse.Namespace) -> dict:
+    """Run device_bench in its own process, so its peak RSS is the runtime's alone."""
+    import json
+
+    from toolkit.errors import TensoredgeError
+
+    command = [sys.executable, "-m", "device_bench", str(path), "--json", str(out),
+               "--prompt-tokens", str(args.prompt_tokens), "--decode-tokens", str(args.decode_tokens)]
+    if args.threads:
+        command += ["--threads", str(args.threads)]
+    say(f"bench {path.name}")
+    done = subprocess.run(command, capture_output=True, text=True)
+    if done.returncode != 0:
+        last = (done.stderr.strip().splitlines() or ["no output"])[-1]
+        raise TensoredgeError(f"bench of {path.name} failed (exit {done.returncode}): {last}")
+    return json.loads(out.read_text())
+
+
+def run_pipeline(args: argparse.Namespace) -> dict:
+    from exporters.gguf import export_gguf
+    from exporters.onnx import export_onnx
+    from models import REGISTRY
+    from toolkit.checkpoint import open_model, save_compressed
+    from toolkit.cli import plan_of
+    from toolkit.commands import evaluation_windows
+    from toolkit.compress import compress_
+    from toolkit.counting import count_parameters
+    from toolkit.evaluate import compare
+    from toolkit.report import summary_markdown, summary_rows
+    from toolkit.table import text_table
+
+    started = time.time()
+    out = Path(args.out or Path("tensoredge-out") / Path(args.model).name)
+    out.mkdir(parents=True, exist_ok=True)
+    spec = REGISTRY.get(args.model)
+    plan = plan_of(args) or (spec.demo_plan if spec else {"embedding": "tt:ratio=2", "mlp": "svd:ratio=1.25"})
+
+    say(f"loading {args.model}")
+    dense = open_model(args.model)
+    compressed = copy.copy(dense)
+    compressed.model = copy.deepcopy(dense.model)
+    say(f"compressing with {plan}")
+    t0 = time.time()
+    compress_(compressed.model, compressed.family, plan)
+    compress_s = time.time() - t0
+    save_compressed(compressed, plan, out / "compressed")
+
+    windows, setup = evaluation_windows(dense, args)
+    say(f"evaluating on {setup['tokens']} WikiText-2 test tokens ({len(windows)} windows)")
+    scores = compare(dense.model, {"compressed": compressed.model}, windows, progress=say)
+    scores["dense"] = scores.pop("reference")
+
+    results: dict[str, dict] = {}
+    for name, loaded in (("dense", dense), ("compressed", compressed)):
+        onnx_path, gguf_path = out / f"{name}.onnx", out / f"{name}-{args.gguf_type}.gguf"
+        say(f"{name}: ONNX export")
+        onnx_export = export_onnx(loaded, onnx_path, progress=say)
+        say(f"{name}: GGUF export")
+        gguf_export = export_gguf(loaded, gguf_path, weight_type=args.gguf_type, progress=say)
+        results[name] = {
+            "parameters": count_parameters(loaded.model),
+            "scores": scores[name],
+            "onnx": {"export": onnx_export, "bench": bench_in_subprocess(onnx_path, out / f"bench-{name}-onnx.json", args)},
+            "gguf": {"export": gguf_export, "bench": bench_in_subprocess(gguf_path, out / f"bench-{name}-gguf.json", args)},
+        }
+
+    summary = {
+        "schema": "tensoredge.pipeline/1",
+        "arguments": {k: v for k, v in vars(args).items() if k != "json"},
+        "timestamp": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "model": dense.name,
+        "source": dense.source,
+        "plan": plan,
+        "evaluation": {"dataset": "wikitext-2 test", **setup, "windows": len(windows)},
+        "compress_seconds": compress_s,
+        "variants": results,
+        "machine": results["dense"]["onnx"]["bench"]["machine"],
+        "seconds": time.time() - started,
+    }
+    write_json(summary, out / "summary.json")
+    (out / "summary.md").write_text(summary_markdown(summary))
+    headers, rows = summary_rows(summary)
+    print(text_table(headers, rows))
+    print(f"report: {out}/summary.md  ({summary['seconds']:.0f} s)")
+    return summary
+
