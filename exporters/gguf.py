@@ -6,6 +6,7 @@ tensors here: the file is as large as a dense model of the same type.
 
 from __future__ import annotations
 
+import json
 import tempfile
 from pathlib import Path
 from typing import Callable
@@ -96,29 +97,33 @@ def add_hparams(writer, family: str, config) -> None:
 
 
 def add_tokenizer(writer, loaded: LoadedModel) -> None:
-    """Byte-level BPE vocabulary, merges and special ids, from the model's own tokenizer files."""
+    """Byte-level BPE tokens, merges and special ids, read from the model's own tokenizer.json."""
     import gguf
 
     vocab_size = loaded.model.config.vocab_size
     with tempfile.TemporaryDirectory() as folder:
         loaded.tokenizer.save_pretrained(folder)
-        try:
-            bpe = gguf.vocab.BpeVocab(Path(folder))
-        except (FileNotFoundError, ValueError) as exc:
-            raise TensoredgeError(f"GGUF export needs a byte-level BPE tokenizer: {exc}") from None
-        special = gguf.SpecialVocab(folder, load_merges=True, n_vocab=vocab_size)
-    control = {i for i, tok in loaded.tokenizer.added_tokens_decoder.items() if tok.special}
-    tokens, types = [], []
-    for i, (text, _score, kind) in enumerate(bpe.all_tokens()):
-        tokens.append(text)
-        types.append(gguf.TokenType.CONTROL if i in control else kind)
-    for i in range(len(tokens), vocab_size):  # embedding rows beyond the tokenizer
-        tokens.append(f"[PAD{i}]")
-        types.append(gguf.TokenType.UNUSED)
+        path = Path(folder) / "tokenizer.json"
+        spec = json.loads(path.read_text()) if path.is_file() else {}
+        special = gguf.SpecialVocab(folder, load_merges=False, n_vocab=vocab_size)
+    bpe = spec.get("model", {})
+    if bpe.get("type") != "BPE":
+        raise TensoredgeError("GGUF export needs a byte-level BPE tokenizer (tokenizer.json of type BPE)")
+    ids = dict(bpe["vocab"])
+    control = set()
+    for added in spec.get("added_tokens", []):
+        ids.setdefault(added["content"], added["id"])
+        if added.get("special"):
+            control.add(added["id"])
+    by_id = {i: text for text, i in ids.items()}
+    tokens = [by_id.get(i, f"[PAD{i}]") for i in range(vocab_size)]  # rows beyond the tokenizer: padding
+    types = [gguf.TokenType.CONTROL if i in control else
+             gguf.TokenType.NORMAL if i in by_id else gguf.TokenType.UNUSED for i in range(vocab_size)]
     writer.add_tokenizer_model("gpt2")
     writer.add_tokenizer_pre(loaded.gguf_pre)
-    writer.add_token_list(tokens[:vocab_size])
-    writer.add_token_types(types[:vocab_size])
+    writer.add_token_list(tokens)
+    writer.add_token_types(types)
+    writer.add_token_merges([m if isinstance(m, str) else " ".join(m) for m in bpe.get("merges", [])])
     special.add_to_gguf(writer, quiet=True)
 
 
@@ -128,7 +133,8 @@ def verify_gguf(path: Path, loaded: LoadedModel, weight_type: str) -> dict:
 
     generator = torch.Generator().manual_seed(0)
     prompt = torch.randint(0, loaded.model.config.vocab_size, (VERIFY_PROMPT,), generator=generator)
-    runtime = LlamaCppRuntime(str(path), threads=torch.get_num_threads(), max_tokens=VERIFY_PROMPT + VERIFY_STEPS)
+    runtime = LlamaCppRuntime(str(path), threads=torch.get_num_threads(), max_tokens=VERIFY_PROMPT + VERIFY_STEPS,
+                              f32_cache=True)
     got = [runtime.prefill(prompt.numpy())]
     tokens = []
     for _ in range(VERIFY_STEPS - 1):
@@ -141,12 +147,13 @@ def verify_gguf(path: Path, loaded: LoadedModel, weight_type: str) -> dict:
     got_array = np.stack(got)
     agreement = float((got_array.argmax(-1) == expected.argmax(-1)).mean())
     diff = float(np.abs(got_array - expected).max())
+    scale = float(np.abs(expected).max())
     if agreement < MIN_AGREEMENT[weight_type]:
         raise TensoredgeError(
             f"llama.cpp agrees with PyTorch on {agreement:.0%} of next tokens "
             f"(needs {MIN_AGREEMENT[weight_type]:.0%} for {weight_type}; max logit diff {diff:.3g}): not written"
         )
-    return {"top1_agreement": agreement, "max_abs_logit_diff": diff, "steps": VERIFY_STEPS}
+    return {"top1_agreement": agreement, "max_abs_logit_diff": diff, "max_abs_logit": scale, "steps": VERIFY_STEPS}
 
 
 def export_gguf(

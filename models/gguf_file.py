@@ -8,25 +8,39 @@ from models.base import LoadedModel, family_of, finish
 from toolkit.errors import TensoredgeError
 
 
-def gguf_pre_tokenizer(path: Path) -> str:
-    """The llama.cpp pre-tokenizer name recorded in a GGUF file ('default' if none)."""
-    from gguf import GGUFReader
+def gguf_field(reader, key: str):
+    field = reader.get_field(key)
+    return field.contents() if field is not None else None
 
-    field = GGUFReader(path).get_field("tokenizer.ggml.pre")
-    return field.contents() if field is not None else "default"
+
+def align_special_tokens(tokenizer, reader) -> None:
+    """Take BOS/EOS/padding/unknown ids and add-BOS from the GGUF itself: transformers' conversion guesses."""
+    for role, key in (("bos", "bos"), ("eos", "eos"), ("pad", "padding"), ("unk", "unknown")):
+        token_id = gguf_field(reader, f"tokenizer.ggml.{key}_token_id")
+        if token_id is not None:
+            setattr(tokenizer, f"{role}_token", tokenizer.convert_ids_to_tokens(int(token_id)))
+    add_bos = gguf_field(reader, "tokenizer.ggml.add_bos_token")
+    if add_bos is not None and hasattr(tokenizer, "add_bos_token"):
+        tokenizer.add_bos_token = bool(add_bos)
 
 
 def load_gguf_file(path: Path, name: str | None = None, eval_context: int = 1024) -> LoadedModel:
     """Load a GGUF file (any architecture transformers can dequantize) as a float32 model."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from gguf import GGUFReader
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
     path = Path(path)
     if not path.is_file():
         raise TensoredgeError(f"GGUF file not found: {path}")
     try:
-        model = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name)
+        config = AutoConfig.from_pretrained(path.parent, gguf_file=path.name)
+        if config.model_type == "gpt2":  # transformers maps GGUF's context_length to n_ctx only
+            config.n_positions = config.n_ctx
+        model = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, config=config)
         tokenizer = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
-    except (ValueError, OSError, KeyError) as exc:
+        reader = GGUFReader(path)
+        align_special_tokens(tokenizer, reader)
+    except (ValueError, OSError, KeyError, RuntimeError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise TensoredgeError(f"could not read GGUF file {path}: {first}") from None
     family = family_of(model.config)
@@ -36,6 +50,6 @@ def load_gguf_file(path: Path, name: str | None = None, eval_context: int = 1024
         model=finish(model),
         tokenizer=tokenizer,
         source=f"GGUF file {path} (dequantized to float32)",
-        gguf_pre=gguf_pre_tokenizer(path),
+        gguf_pre=gguf_field(reader, "tokenizer.ggml.pre") or "default",
         eval_context=min(eval_context, model.config.max_position_embeddings),
     )

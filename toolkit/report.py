@@ -74,9 +74,9 @@ def summary_markdown(summary: dict) -> str:
     return "\n".join(lines)
 
 
-def bench_row(result: dict, name: str) -> list[str]:
+def bench_row(result: dict) -> list[str]:
     return [
-        name,
+        Path(result["model_path"]).name,
         f"{result['runtime']['name']} {result['runtime']['version']}",
         str(result["threads"]),
         mib(result["model_bytes"]),
@@ -101,7 +101,7 @@ def write_report(paths: list[Path], out_dir: Path) -> Path:
             raise TensoredgeError(f"cannot read results file {path}: {exc}") from None
         schema = data.get("schema") if isinstance(data, dict) else None
         if schema == BENCH_SCHEMA:
-            bench_rows.append(bench_row(data, path.name))
+            bench_rows.append(bench_row(data))
         elif schema == "tensoredge.pipeline/1":
             sections.append(summary_markdown(data))
         else:

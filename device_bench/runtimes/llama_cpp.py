@@ -9,7 +9,8 @@ class LlamaCppRuntime:
     name = "llama-cpp-python"
     kv_cache = True
 
-    def __init__(self, path: str, threads: int, max_tokens: int):
+    def __init__(self, path: str, threads: int, max_tokens: int, f32_cache: bool = False):
+        """`f32_cache` keeps the KV cache in float32 (llama.cpp's default is f16): for exact checks."""
         try:
             import llama_cpp
         except ImportError:
@@ -25,6 +26,7 @@ class LlamaCppRuntime:
                 n_threads_batch=threads,
                 logits_all=False,
                 verbose=False,
+                **({"type_k": llama_cpp.GGML_TYPE_F32, "type_v": llama_cpp.GGML_TYPE_F32} if f32_cache else {}),
             )
         except (ValueError, RuntimeError) as e:  # e.g. "Failed to load model from file: ..."
             msg = f"cannot load GGUF model {path}: {first_line(e)} (is the file complete and valid GGUF?)"

