@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from device_bench.errors import first_line
 from models.base import LoadedModel, family_of, finish
 from toolkit.errors import TensoredgeError
 
@@ -41,8 +42,7 @@ def load_gguf_file(path: Path, name: str | None = None, eval_context: int = 1024
         reader = GGUFReader(path)
         align_special_tokens(tokenizer, reader)
     except (ValueError, OSError, KeyError, RuntimeError) as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise TensoredgeError(f"could not read GGUF file {path}: {first}") from None
+        raise TensoredgeError(f"could not read GGUF file {path}: {first_line(exc)}") from None
     family = family_of(model.config)
     return LoadedModel(
         name=name or path.name,

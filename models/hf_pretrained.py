@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from device_bench.errors import first_line
 from models.base import LoadedModel, family_of, finish
 from toolkit.errors import TensoredgeError
 
@@ -17,8 +18,7 @@ def load_hf(ref: str) -> LoadedModel:
         model = AutoModelForCausalLM.from_pretrained(ref)
         tokenizer = AutoTokenizer.from_pretrained(ref)
     except (OSError, ValueError) as exc:
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise TensoredgeError(f"could not load {where} '{ref}': {reason}") from None
+        raise TensoredgeError(f"could not load {where} '{ref}': {first_line(exc)}") from None
     family = family_of(model.config)
     context = getattr(model.config, "n_positions", None) or model.config.max_position_embeddings
     return LoadedModel(

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from device_bench.errors import first_line
 from models import load_model
 from models.base import LoadedModel, finish
 from toolkit.compress import factorized_modules, rebuild_
@@ -71,7 +72,7 @@ def load_compressed(path: str | Path) -> LoadedModel:
     try:
         load_weights(model, str(Path(path) / WEIGHTS), strict=True)
     except (RuntimeError, OSError) as exc:
-        raise TensoredgeError(f"{path}/{WEIGHTS} does not match its manifest ({str(exc).splitlines()[0]})") from None
+        raise TensoredgeError(f"{path}/{WEIGHTS} does not match its manifest ({first_line(exc)})") from None
     return LoadedModel(
         name=f"{manifest['base_model']} (compressed: {path})",
         family=manifest["family"],

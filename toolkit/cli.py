@@ -6,18 +6,18 @@ Heavy libraries are imported inside each command, so `tensoredge bench` stays to
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 from device_bench.errors import BenchError
 from device_bench.files import write_json
+from models import DEFAULT_MODEL, REGISTRY  # torch-free: loaders import torch when called
 from toolkit.errors import TensoredgeError
-
-DEFAULT_MODEL = "smollm2-135m"  # kept equal to models.DEFAULT_MODEL without importing torch here
 
 
 def add_model(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", default=DEFAULT_MODEL,
-                   help="registered name (smollm2-135m, tiny-gpt2, gpt2-124m-random), Hugging Face "
+                   help=f"registered name ({', '.join(REGISTRY)}), Hugging Face "
                         "directory or hub id, .gguf file, or a compressed folder (default: %(default)s)")
 
 
@@ -105,6 +105,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")  # our progress lines, not library chatter
     from toolkit import commands
 
     try:

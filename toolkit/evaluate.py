@@ -69,7 +69,7 @@ def compare(
             _accumulate(scores[name], logp, targets)
             scores[name].kl += F.kl_div(logp, ref_logp, log_target=True, reduction="sum").item()
             scores[name].agree += (logp.argmax(-1) == ref_logp.argmax(-1)).sum().item()
-        if progress:
+        if progress and ((i + 1) % max(1, len(windows) // 20) == 0 or i + 1 == len(windows)):
             progress(f"eval window {i + 1}/{len(windows)} ({time.time() - start:.0f} s)")
     return {name: s.summary(with_reference=name != "reference") for name, s in scores.items()}
 

@@ -37,7 +37,7 @@ def bench_in_subprocess(path: Path, out: Path, args: argparse.Namespace) -> dict
 def run_pipeline(args: argparse.Namespace) -> dict:
     from exporters.gguf import export_gguf
     from exporters.onnx import export_onnx
-    from models import REGISTRY
+    from models import DEFAULT_MODEL, REGISTRY
     from toolkit.checkpoint import open_model, save_compressed
     from toolkit.cli import plan_of
     from toolkit.commands import evaluation_windows
@@ -50,8 +50,7 @@ def run_pipeline(args: argparse.Namespace) -> dict:
     started = time.time()
     out = Path(args.out or Path("tensoredge-out") / Path(args.model).name)
     out.mkdir(parents=True, exist_ok=True)
-    spec = REGISTRY.get(args.model)
-    plan = plan_of(args) or (spec.demo_plan if spec else {"embedding": "tt:ratio=2", "mlp": "svd:ratio=1.25"})
+    plan = plan_of(args) or REGISTRY.get(args.model, REGISTRY[DEFAULT_MODEL]).demo_plan
 
     say(f"loading {args.model}")
     dense = open_model(args.model)
