@@ -23,7 +23,7 @@ ARCHES = {"gpt2": "GPT2", "llama": "LLAMA"}
 CONV1D = (".attn.c_attn.weight", ".attn.c_proj.weight", ".mlp.c_fc.weight", ".mlp.c_proj.weight")
 VERIFY_PROMPT, VERIFY_STEPS = 16, 16
 # A quantized file must still agree with PyTorch on most greedy tokens, or it is broken.
-MIN_AGREEMENT = {"f32": 1.0, "f16": 0.75, "q8_0": 0.5}
+MIN_AGREEMENT = {"f32": 1.0, "f16": 0.75, "q8_0": 0.5, "q5_1": 0.25, "q5_0": 0.25, "q4_1": 0.25, "q4_0": 0.25}
 
 
 def weight_types():
@@ -34,6 +34,10 @@ def weight_types():
         "f32": (Q.F32, gguf.LlamaFileType.ALL_F32),
         "f16": (Q.F16, gguf.LlamaFileType.MOSTLY_F16),
         "q8_0": (Q.Q8_0, gguf.LlamaFileType.MOSTLY_Q8_0),
+        "q5_1": (Q.Q5_1, gguf.LlamaFileType.MOSTLY_Q5_1),
+        "q5_0": (Q.Q5_0, gguf.LlamaFileType.MOSTLY_Q5_0),
+        "q4_1": (Q.Q4_1, gguf.LlamaFileType.MOSTLY_Q4_1),
+        "q4_0": (Q.Q4_0, gguf.LlamaFileType.MOSTLY_Q4_0),
     }
 
 
