@@ -14,6 +14,7 @@ from typing import Callable
 import numpy as np
 import torch
 
+from device_bench.gguf_weights import TYPE_NAMES, quantized, weight_types
 from models.base import LoadedModel
 from toolkit.compress import factorized_modules
 from toolkit.errors import TensoredgeError
@@ -26,23 +27,9 @@ VERIFY_PROMPT, VERIFY_STEPS = 16, 16
 MIN_AGREEMENT = {"f32": 1.0, "f16": 0.75, "q8_0": 0.5, "q5_1": 0.25, "q5_0": 0.25, "q4_1": 0.25, "q4_0": 0.25}
 
 
-def weight_types():
-    import gguf
-
-    Q = gguf.GGMLQuantizationType
-    return {
-        "f32": (Q.F32, gguf.LlamaFileType.ALL_F32),
-        "f16": (Q.F16, gguf.LlamaFileType.MOSTLY_F16),
-        "q8_0": (Q.Q8_0, gguf.LlamaFileType.MOSTLY_Q8_0),
-        "q5_1": (Q.Q5_1, gguf.LlamaFileType.MOSTLY_Q5_1),
-        "q5_0": (Q.Q5_0, gguf.LlamaFileType.MOSTLY_Q5_0),
-        "q4_1": (Q.Q4_1, gguf.LlamaFileType.MOSTLY_Q4_1),
-        "q4_0": (Q.Q4_0, gguf.LlamaFileType.MOSTLY_Q4_0),
-    }
-
-
-def dense_tensors(model: torch.nn.Module) -> dict[str, torch.Tensor]:
-    """Hugging Face-named dense weights; factorized modules materialised in their original layout.
+def hf_tensors(model: torch.nn.Module, materialize: bool = True) -> dict[str, torch.Tensor]:
+    """Hugging Face-named weights in their original layout; factorized modules materialised, or
+    (materialize=False) left out but for their biases.
 
     A head that shares the embedding's factors is left out: llama.cpp then ties output to token_embd.
     """
@@ -51,7 +38,8 @@ def dense_tensors(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     for path, module in factorized.items():
         if module.ties_to:
             continue
-        state[f"{path}.weight"] = module.dense_weight()
+        if materialize:
+            state[f"{path}.weight"] = module.dense_weight()
         if (bias := module.dense_bias()) is not None:
             state[f"{path}.bias"] = bias
     for name, param in model.named_parameters(remove_duplicate=True):
@@ -160,6 +148,55 @@ def verify_gguf(path: Path, loaded: LoadedModel, weight_type: str) -> dict:
     return {"top1_agreement": agreement, "max_abs_logit_diff": diff, "max_abs_logit": scale, "steps": VERIFY_STEPS}
 
 
+def tensor_map(loaded: LoadedModel):
+    """gguf-py's Hugging Face -> llama.cpp tensor-name map for this model."""
+    import gguf
+
+    arch = gguf.MODEL_ARCH[ARCHES[loaded.family]]
+    return gguf.get_tensor_name_map(arch, loaded.model.config.num_hidden_layers)
+
+
+def gguf_name_of(names, hf_name: str, family: str) -> str:
+    gguf_name = names.get_name(hf_name, try_suffixes=(".weight", ".bias"))
+    if gguf_name is None:
+        raise TensoredgeError(f"no llama.cpp tensor for '{hf_name}' in {family}: cannot export")
+    return gguf_name
+
+
+def add_weight(writer, name: str, array: np.ndarray, qtype) -> bool:
+    """Add one tensor as `qtype` (f32 where it cannot be); True when it had to stay f32."""
+    data, kind = quantized(array, qtype)
+    writer.add_tensor(name, data, raw_dtype=kind)
+    return kind != qtype
+
+
+def new_writer(path: Path, loaded: LoadedModel, weight_type: str, arch_name: str | None = None):
+    """A GGUFWriter with the model's llama.cpp hyper-parameters and tokenizer already added.
+
+    `arch_name` overrides general.architecture (the factorized container); the hyper-parameter
+    keys keep the llama.cpp architecture's prefix so the container can be materialised as is.
+    """
+    import gguf
+
+    if weight_type not in weight_types():
+        raise TensoredgeError(f"unknown GGUF type '{weight_type}': choose one of {', '.join(TYPE_NAMES)}")
+    target = gguf.MODEL_ARCH_NAMES[gguf.MODEL_ARCH[ARCHES[loaded.family]]]
+    writer = gguf.GGUFWriter(str(path), arch_name or target)
+    writer.arch = target  # hyper-parameter keys are "<llama.cpp arch>.<key>"
+    writer.add_name(loaded.name)
+    writer.add_file_type(weight_types()[weight_type][1])
+    add_hparams(writer, loaded.family, loaded.model.config)
+    add_tokenizer(writer, loaded)
+    return writer
+
+
+def finish_writer(writer) -> None:
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+
+
 def export_gguf(
     loaded: LoadedModel,
     path: str | Path,
@@ -167,41 +204,17 @@ def export_gguf(
     progress: Callable[[str], None] | None = None,
 ) -> dict:
     """Write `loaded` as a llama.cpp GGUF of `weight_type`, verify it, then move it into place."""
-    import gguf
-
-    types = weight_types()
-    if weight_type not in types:
-        raise TensoredgeError(f"unknown GGUF type '{weight_type}': choose one of {', '.join(types)}")
-    qtype, file_type = types[weight_type]
     say = progress or (lambda _msg: None)
-    config = loaded.model.config
-    arch = gguf.MODEL_ARCH[ARCHES[loaded.family]]
-    names = gguf.get_tensor_name_map(arch, config.num_hidden_layers)
-    F32 = gguf.GGMLQuantizationType.F32
     with atomic_path(path) as tmp:
-        writer = gguf.GGUFWriter(str(tmp), gguf.MODEL_ARCH_NAMES[arch])
-        writer.add_name(loaded.name)
-        writer.add_file_type(file_type)
-        add_hparams(writer, loaded.family, config)
-        add_tokenizer(writer, loaded)
-        kept_f32 = []
-        for name, tensor in dense_tensors(loaded.model).items():
-            gguf_name = names.get_name(name, try_suffixes=(".weight", ".bias"))
-            if gguf_name is None:
-                raise TensoredgeError(f"no llama.cpp tensor for '{name}' in {loaded.family}: cannot export")
-            array = gguf_tensor(name, tensor, loaded.family, config)
-            fits = array.ndim > 1 and array.shape[-1] % gguf.GGML_QUANT_SIZES[qtype][0] == 0
-            tensor_type = qtype if fits else F32  # norms, biases, rows that do not fit a quant block
-            if tensor_type != qtype:
-                kept_f32.append(gguf_name)
-            data = array if tensor_type == F32 else gguf.quants.quantize(array, tensor_type)
-            writer.add_tensor(gguf_name, data, raw_dtype=tensor_type)
+        writer = new_writer(tmp, loaded, weight_type)
+        qtype, names = weight_types()[weight_type][0], tensor_map(loaded)
+        kept_f32 = 0
+        for name, tensor in hf_tensors(loaded.model).items():
+            array = gguf_tensor(name, tensor, loaded.family, loaded.model.config)
+            kept_f32 += add_weight(writer, gguf_name_of(names, name, loaded.family), array, qtype)
         say(f"writing GGUF ({weight_type})")
-        writer.write_header_to_file()
-        writer.write_kv_data_to_file()
-        writer.write_tensors_to_file()
-        writer.close()
+        finish_writer(writer)
         say("checking llama.cpp against PyTorch")
         check = verify_gguf(tmp, loaded, weight_type)
     return {"path": str(path), "file_bytes": Path(path).stat().st_size, "weight_type": weight_type,
-            "tensors_kept_f32": len(kept_f32), **check}
+            "tensors_kept_f32": kept_f32, **check}

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-COMMANDS = ["info", "eval", "compress", "export", "generate", "bench", "report", "pipeline"]
+COMMANDS = ["info", "eval", "compress", "export", "materialize", "generate", "bench", "report", "pipeline"]
 
 
 def tensoredge(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
@@ -41,6 +41,7 @@ def test_every_command_has_help(command):
     (["compress", "--model", "tiny-gpt2", "--out", "x"], ["nothing to compress"]),
     (["bench", "missing.onnx"], ["model file not found"]),
     (["export", "gguf", "--model", "tiny-gpt2", "--out", "x.gguf", "--type", "q9"], ["unknown GGUF type"]),
+    (["materialize", "missing.gguf", "--out", "x.gguf"], ["cannot read container"]),
 ])
 def test_bad_input_is_one_line(args, fragments, tmp_path):
     assert_one_line_error(tensoredge(*args, cwd=tmp_path), *fragments)

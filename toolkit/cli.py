@@ -11,6 +11,7 @@ import sys
 
 from device_bench.errors import BenchError
 from device_bench.files import write_json
+from device_bench.gguf_weights import TYPE_NAMES
 from models import DEFAULT_MODEL, REGISTRY  # torch-free: loaders import torch when called
 from toolkit.errors import TensoredgeError
 
@@ -63,11 +64,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="output folder")
     add_json(p)
 
-    p = sub.add_parser("export", help="export to ONNX (factors kept) or GGUF (llama.cpp), verified")
-    p.add_argument("format", choices=["onnx", "gguf"])
+    p = sub.add_parser("export", help="export to ONNX (factors kept), GGUF (llama.cpp) or the factorized "
+                                      "GGUF container; each verified before it is written")
+    p.add_argument("format", choices=["onnx", "gguf", "container"])
     add_model(p)
     p.add_argument("--out", required=True, help="output file (.onnx or .gguf)")
-    p.add_argument("--type", default="f32", help="GGUF weight type: f32, f16, q8_0 (default: %(default)s)")
+    p.add_argument("--type", default="f32", help=f"GGUF weight type: {', '.join(TYPE_NAMES)} (default: %(default)s)")
+    add_json(p)
+
+    p = sub.add_parser("materialize", help="turn a factorized container into a GGUF llama.cpp runs (torch-free)")
+    p.add_argument("container", help="file written by `tensoredge export container`")
+    p.add_argument("--out", required=True, help="dense GGUF to write")
+    p.add_argument("--type", help="weight type of the output (default: the container's)")
     add_json(p)
 
     p = sub.add_parser("generate", help="greedy text generation with PyTorch")

@@ -113,10 +113,14 @@ def export(args: argparse.Namespace) -> dict:
         from exporters.onnx import export_onnx
 
         result = export_onnx(loaded, args.out, progress=say)
-    else:
+    elif args.format == "gguf":
         from exporters.gguf import export_gguf
 
         result = export_gguf(loaded, args.out, weight_type=args.type, progress=say)
+    else:
+        from exporters.gguf_container import export_container
+
+        result = export_container(loaded, args.out, weight_type=args.type, progress=say)
     print(text_table(["", "value"], [[k, str(v)] for k, v in result.items()]))
     return result
 
@@ -135,6 +139,14 @@ def generate(args: argparse.Namespace) -> dict:
     print(args.prompt + text)
     return {"model": loaded.name, "prompt": args.prompt, "completion": text,
             "tokens": out[0, ids.shape[1]:].tolist()}
+
+
+def materialize(args: argparse.Namespace) -> dict:
+    from device_bench.materialize import materialize as rebuild
+
+    result = rebuild(args.container, args.out, args.type)
+    print(text_table(["", "value"], [[k, str(v)] for k, v in result.items()]))
+    return result
 
 
 def bench(args: argparse.Namespace) -> dict:

@@ -16,16 +16,17 @@ from toolkit.progress import say
 VARIANTS = ("dense", "compressed")
 
 
-def bench_in_subprocess(path: Path, out: Path, args: argparse.Namespace) -> dict:
+def bench_in_subprocess(path: Path, out: Path, prompt_tokens: int = 64, decode_tokens: int = 32,
+                        threads: int | None = None) -> dict:
     """Run device_bench in its own process, so its peak RSS is the runtime's alone."""
     import json
 
     from toolkit.errors import TensoredgeError
 
     command = [sys.executable, "-m", "device_bench", str(path), "--json", str(out),
-               "--prompt-tokens", str(args.prompt_tokens), "--decode-tokens", str(args.decode_tokens)]
-    if args.threads:
-        command += ["--threads", str(args.threads)]
+               "--prompt-tokens", str(prompt_tokens), "--decode-tokens", str(decode_tokens)]
+    if threads:
+        command += ["--threads", str(threads)]
     say(f"bench {path.name}")
     done = subprocess.run(command, capture_output=True, text=True)
     if done.returncode != 0:
@@ -74,11 +75,12 @@ def run_pipeline(args: argparse.Namespace) -> dict:
         onnx_export = export_onnx(loaded, onnx_path, progress=say)
         say(f"{name}: GGUF export")
         gguf_export = export_gguf(loaded, gguf_path, weight_type=args.gguf_type, progress=say)
+        bench = dict(prompt_tokens=args.prompt_tokens, decode_tokens=args.decode_tokens, threads=args.threads)
         results[name] = {
             "parameters": count_parameters(loaded.model),
             "scores": scores[name],
-            "onnx": {"export": onnx_export, "bench": bench_in_subprocess(onnx_path, out / f"bench-{name}-onnx.json", args)},
-            "gguf": {"export": gguf_export, "bench": bench_in_subprocess(gguf_path, out / f"bench-{name}-gguf.json", args)},
+            "onnx": {"export": onnx_export, "bench": bench_in_subprocess(onnx_path, out / f"bench-{name}-onnx.json", **bench)},
+            "gguf": {"export": gguf_export, "bench": bench_in_subprocess(gguf_path, out / f"bench-{name}-gguf.json", **bench)},
         }
 
     summary = {

@@ -1,0 +1,89 @@
+"""The factorized container: a compressed model's factors in one GGUF under our own architecture.
+
+llama.cpp refuses the container (unknown architecture), which is the point: it is the small file
+to ship, and `tensoredge materialize` (torch-free, device_bench.materialize) turns it into a dense
+llama.cpp GGUF on the device. Layout:
+
+- KV `general.architecture = "tensoredge"`, `tensoredge.target_architecture`, the target's
+  llama.cpp hyper-parameters and tokenizer, `tensoredge.factors` (JSON: llama.cpp tensor name ->
+  how to rebuild it).
+- Tensors: every non-factorized tensor already in llama.cpp's name, layout and weight type;
+  factors as `<name>.tt.<k>` (per-token TT cores, f32) or `<name>.down` / `<name>.up` (low rank, f32).
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from pathlib import Path
+from typing import Callable
+
+from exporters.gguf import (add_weight, finish_writer, gguf_name_of, gguf_tensor, hf_tensors,
+                            new_writer, tensor_map, unpermute_rope, verify_gguf)
+from device_bench.gguf_weights import weight_types
+from models.base import LoadedModel
+from toolkit.compress import factorized_modules
+from toolkit.compress.low_rank import LowRankLinear
+from toolkit.compress.tt_embedding import TTEmbedding
+from toolkit.errors import TensoredgeError
+from toolkit.files import atomic_path
+
+CONTAINER_ARCH = "tensoredge"
+
+
+def factor_arrays(path: str, module, loaded: LoadedModel) -> tuple[dict, dict]:
+    """({tensor suffix: float32 array}, rebuild record) of one factorized module, in llama.cpp layout."""
+    config = loaded.model.config
+    if isinstance(module, TTEmbedding):
+        cores = {f"tt.{k}": core.detach().numpy() for k, core in enumerate(module.cores)}
+        return cores, {"kind": "tt", "cores": len(cores), "dim": module.dim}
+    if isinstance(module, LowRankLinear):
+        up = module.up.weight.detach().numpy()  # (out, rank): llama.cpp's weight is up @ down
+        if loaded.family == "llama" and path.endswith("self_attn.q_proj"):
+            up = unpermute_rope(up, config.num_attention_heads)
+        if loaded.family == "llama" and path.endswith("self_attn.k_proj"):
+            up = unpermute_rope(up, config.num_key_value_heads)
+        return {"up": up, "down": module.down.weight.detach().numpy()}, {"kind": "low_rank"}
+    raise TensoredgeError(f"the container cannot hold {type(module).__name__} at {path} yet")
+
+
+def export_container(
+    loaded: LoadedModel,
+    path: str | Path,
+    weight_type: str = "f32",
+    progress: Callable[[str], None] | None = None,
+) -> dict:
+    """Write the container; before it is kept, materialise it and check llama.cpp against PyTorch."""
+    from device_bench.materialize import materialize
+
+    say = progress or (lambda _msg: None)
+    names = tensor_map(loaded)
+    with atomic_path(path) as tmp:
+        writer = new_writer(tmp, loaded, weight_type, arch_name=CONTAINER_ARCH)
+        writer.add_string(f"{CONTAINER_ARCH}.target_architecture", writer.arch)
+        writer.add_string(f"{CONTAINER_ARCH}.weight_type", weight_type)
+        qtype = weight_types()[weight_type][0]
+        for name, tensor in hf_tensors(loaded.model, materialize=False).items():
+            array = gguf_tensor(name, tensor, loaded.family, loaded.model.config)
+            add_weight(writer, gguf_name_of(names, name, loaded.family), array, qtype)
+        factors = {}
+        for module_path, module in factorized_modules(loaded.model).items():
+            if module.ties_to:
+                continue
+            target = gguf_name_of(names, f"{module_path}.weight", loaded.family)
+            arrays, record = factor_arrays(module_path, module, loaded)
+            for suffix, array in arrays.items():
+                writer.add_tensor(f"{target}.{suffix}", array.astype("float32"))
+            factors[target] = record
+        writer.add_string(f"{CONTAINER_ARCH}.factors", json.dumps(factors))
+        say(f"writing factorized container ({weight_type}, {len(factors)} factorized tensors)")
+        finish_writer(writer)
+        say("materialising it and checking llama.cpp against PyTorch")
+        with tempfile.TemporaryDirectory() as folder:
+            dense = Path(folder) / "materialized.gguf"
+            materialize(str(tmp), str(dense))
+            check = verify_gguf(dense, loaded, weight_type)
+            dense_bytes = dense.stat().st_size
+    return {"path": str(path), "file_bytes": Path(path).stat().st_size, "weight_type": weight_type,
+            "materialized_bytes": dense_bytes, "factorized_tensors": len(factors), **check}
+
