@@ -28,12 +28,19 @@ def tt_rows(cores: list[np.ndarray], dim: int) -> np.ndarray:
     return out.reshape(count, -1)[:, :dim]
 
 
+def as_float(tensor) -> np.ndarray:
+    """A reader tensor as float32, whatever type it is stored in."""
+    import gguf
+
+    return gguf.quants.dequantize(tensor.data, tensor.tensor_type).astype(np.float32, copy=False)
+
+
 def rebuild(name: str, record: dict, tensors: dict) -> np.ndarray:
     """The dense llama.cpp tensor `name` from its factors."""
     if record["kind"] == "tt":
-        return tt_rows([np.asarray(tensors[f"{name}.tt.{k}"].data) for k in range(record["cores"])], record["dim"])
+        return tt_rows([as_float(tensors[f"{name}.tt.{k}"]) for k in range(record["cores"])], record["dim"])
     if record["kind"] == "low_rank":
-        return np.asarray(tensors[f"{name}.up"].data) @ np.asarray(tensors[f"{name}.down"].data)
+        return as_float(tensors[f"{name}.up"]) @ as_float(tensors[f"{name}.down"])
     raise BenchError(f"unknown factor kind {record['kind']!r} for {name}: update tensoredge on the device")
 
 
@@ -83,7 +90,7 @@ def materialize(container: str, out: str, weight_type: str | None = None) -> dic
             if weight_type == stored_type:
                 writer.add_tensor(name, tensor.data, raw_dtype=tensor.tensor_type)  # copied as stored
             else:
-                data, kind = quantized(gguf.quants.dequantize(tensor.data, tensor.tensor_type), qtype)
+                data, kind = quantized(as_float(tensor), qtype)
                 writer.add_tensor(name, data, raw_dtype=kind)
         for name, record in factors.items():
             data, kind = quantized(rebuild(name, record, tensors), qtype)

@@ -22,7 +22,7 @@ from toolkit.files import atomic_path
 
 ARCHES = {"gpt2": "GPT2", "llama": "LLAMA"}
 CONV1D = (".attn.c_attn.weight", ".attn.c_proj.weight", ".mlp.c_fc.weight", ".mlp.c_proj.weight")
-VERIFY_PROMPT, VERIFY_STEPS = 16, 16
+VERIFY_PROMPT, VERIFY_STEPS = 16, 32
 # A quantized file must still agree with PyTorch on most greedy tokens, or it is broken.
 MIN_AGREEMENT = {"f32": 1.0, "f16": 0.75, "q8_0": 0.5, "q5_1": 0.25, "q5_0": 0.25, "q4_1": 0.25, "q4_0": 0.25}
 

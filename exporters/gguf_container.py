@@ -8,7 +8,8 @@ llama.cpp GGUF on the device. Layout:
   llama.cpp hyper-parameters and tokenizer, `tensoredge.factors` (JSON: llama.cpp tensor name ->
   how to rebuild it).
 - Tensors: every non-factorized tensor already in llama.cpp's name, layout and weight type;
-  factors as `<name>.tt.<k>` (per-token TT cores, f32) or `<name>.down` / `<name>.up` (low rank, f32).
+  factors as `<name>.tt.<k>` (per-token TT cores) or `<name>.down` / `<name>.up` (low rank), in the
+  container's type where their rows fit its blocks, else f16 (f32 in an f32 container).
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from typing import Callable
 
 from exporters.gguf import (add_weight, finish_writer, gguf_name_of, gguf_tensor, hf_tensors,
                             new_writer, tensor_map, unpermute_rope, verify_gguf)
-from device_bench.gguf_weights import weight_types
+from device_bench.gguf_weights import quantized, weight_types
 from models.base import LoadedModel
 from toolkit.compress import factorized_modules
 from toolkit.compress.low_rank import LowRankLinear
@@ -45,6 +46,17 @@ def factor_arrays(path: str, module, loaded: LoadedModel) -> tuple[dict, dict]:
             up = unpermute_rope(up, config.num_key_value_heads)
         return {"up": up, "down": module.down.weight.detach().numpy()}, {"kind": "low_rank"}
     raise TensoredgeError(f"the container cannot hold {type(module).__name__} at {path} yet")
+
+
+def factor_data(array, qtype) -> tuple:
+    """(data, type) for a factor: the container's type where rows fit its blocks, else f16
+    (f32 when the container is f32)."""
+    import gguf
+
+    data, kind = quantized(array, qtype)
+    if kind == gguf.GGMLQuantizationType.F32 and qtype != kind:
+        data, kind = array.astype("float16"), gguf.GGMLQuantizationType.F16
+    return data, kind
 
 
 def export_container(
@@ -73,7 +85,8 @@ def export_container(
             target = gguf_name_of(names, f"{module_path}.weight", loaded.family)
             arrays, record = factor_arrays(module_path, module, loaded)
             for suffix, array in arrays.items():
-                writer.add_tensor(f"{target}.{suffix}", array.astype("float32"))
+                data, kind = factor_data(array, qtype)
+                writer.add_tensor(f"{target}.{suffix}", data, raw_dtype=kind)
             factors[target] = record
         writer.add_string(f"{CONTAINER_ARCH}.factors", json.dumps(factors))
         say(f"writing factorized container ({weight_type}, {len(factors)} factorized tensors)")

@@ -37,13 +37,33 @@ def test_llama_cpp_matches_pytorch(tiny, plan, tmp_path):
     assert tokens == greedy_pytorch(tiny.model, prompt, 12)
 
 
+def test_llama_cpp_tokenizes_like_the_model_tokenizer(tiny, tmp_path):
+    import llama_cpp
+
+    export_gguf(tiny, tmp_path / "m.gguf", "f32")
+    llm = llama_cpp.Llama(str(tmp_path / "m.gguf"), n_ctx=64, verbose=False)
+    for text in ["Hello world", " The Eiffel Tower, 324 metres tall.\n  Built in 1889!", "naïve café"]:
+        assert llm.tokenize(text.encode(), add_bos=False, special=False) == tiny.tokenizer(text)["input_ids"]
+    out = llm("The tower is", max_tokens=8, temperature=0.0)  # generates with no other files
+    assert out["usage"]["completion_tokens"] >= 1
+
+
+def test_rows_that_do_not_fit_a_block_stay_f32(tmp_path):
+    from models.random_gpt2 import build_random_gpt2
+
+    narrow = build_random_gpt2("narrow", seed=1, n_layer=1, n_embd=48, n_head=4, n_positions=64, n_ctx=64,
+                               initializer_range=0.2)
+    result = export_gguf(narrow, tmp_path / "q.gguf", "q8_0")
+    assert result["tensors_kept_f32"] > 0 and result["top1_agreement"] >= 0.5
+
+
 def test_quantized_types_run_and_are_smaller(tiny_gpt2, tmp_path):
     sizes = {}
-    for kind in ("f32", "f16", "q8_0"):
+    for kind in ("f32", "f16", "q8_0", "q4_0"):
         result = export_gguf(tiny_gpt2, tmp_path / f"{kind}.gguf", kind)
         sizes[kind] = result["file_bytes"]
-        assert result["top1_agreement"] >= 0.5
-    assert sizes["q8_0"] < sizes["f16"] < sizes["f32"]
+        assert result["top1_agreement"] >= (0.5 if kind == "q8_0" else 0.25)
+    assert sizes["q4_0"] < sizes["q8_0"] < sizes["f16"] < sizes["f32"]
 
 
 def test_failed_verification_writes_nothing(tiny_gpt2, tmp_path, monkeypatch):

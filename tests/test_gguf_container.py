@@ -32,6 +32,14 @@ def test_container_round_trip_matches_the_compressed_model(tiny, tmp_path):
     assert check["top1_agreement"] == 1.0 and check["max_abs_logit_diff"] < 1e-3 * check["max_abs_logit"]
 
 
+def test_quantized_container_is_smaller_and_still_checked(tiny_gpt2, tmp_path):
+    compress_(tiny_gpt2.model, "gpt2", PLAN)
+    f32 = export_container(tiny_gpt2, tmp_path / "c32.gguf", "f32")
+    q8 = export_container(tiny_gpt2, tmp_path / "c8.gguf", "q8_0")
+    assert q8["file_bytes"] < 0.75 * f32["file_bytes"] and q8["top1_agreement"] >= 0.5
+    assert materialize(str(tmp_path / "c8.gguf"), str(tmp_path / "m8.gguf"))["weight_type"] == "q8_0"
+
+
 def test_container_materialises_to_other_types(tiny_gpt2, tmp_path):
     compress_(tiny_gpt2.model, "gpt2", PLAN)
     export_container(tiny_gpt2, tmp_path / "c.gguf", "f32")

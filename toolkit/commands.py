@@ -13,6 +13,10 @@ from toolkit.progress import say
 from toolkit.table import mib, num, text_table
 
 
+def print_result(result: dict) -> None:
+    print(text_table(["", "value"], [[k, str(v)] for k, v in result.items()]))
+
+
 def info(args: argparse.Namespace) -> dict:
     from models import REGISTRY
 
@@ -121,7 +125,7 @@ def export(args: argparse.Namespace) -> dict:
         from exporters.gguf_container import export_container
 
         result = export_container(loaded, args.out, weight_type=args.type, progress=say)
-    print(text_table(["", "value"], [[k, str(v)] for k, v in result.items()]))
+    print_result(result)
     return result
 
 
@@ -145,7 +149,7 @@ def materialize(args: argparse.Namespace) -> dict:
     from device_bench.materialize import materialize as rebuild
 
     result = rebuild(args.container, args.out, args.type)
-    print(text_table(["", "value"], [[k, str(v)] for k, v in result.items()]))
+    print_result(result)
     return result
 
 
