@@ -190,6 +190,15 @@ def new_writer(path: Path, loaded: LoadedModel, weight_type: str, arch_name: str
     return writer
 
 
+def add_model_tensors(writer, loaded: LoadedModel, qtype, materialize: bool = True) -> int:
+    """Add the model's tensors in llama.cpp's names and layout (see hf_tensors); returns how many stayed f32."""
+    names, kept_f32 = tensor_map(loaded), 0
+    for name, tensor in hf_tensors(loaded.model, materialize).items():
+        array = gguf_tensor(name, tensor, loaded.family, loaded.model.config)
+        kept_f32 += add_weight(writer, gguf_name_of(names, name, loaded.family), array, qtype)
+    return kept_f32
+
+
 def finish_writer(writer) -> None:
     writer.write_header_to_file()
     writer.write_kv_data_to_file()
@@ -207,11 +216,7 @@ def export_gguf(
     say = progress or (lambda _msg: None)
     with atomic_path(path) as tmp:
         writer = new_writer(tmp, loaded, weight_type)
-        qtype, names = weight_types()[weight_type][0], tensor_map(loaded)
-        kept_f32 = 0
-        for name, tensor in hf_tensors(loaded.model).items():
-            array = gguf_tensor(name, tensor, loaded.family, loaded.model.config)
-            kept_f32 += add_weight(writer, gguf_name_of(names, name, loaded.family), array, qtype)
+        kept_f32 = add_model_tensors(writer, loaded, weight_types()[weight_type][0])
         say(f"writing GGUF ({weight_type})")
         finish_writer(writer)
         say("checking llama.cpp against PyTorch")

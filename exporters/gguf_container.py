@@ -19,8 +19,8 @@ import tempfile
 from pathlib import Path
 from typing import Callable
 
-from exporters.gguf import (add_weight, finish_writer, gguf_name_of, gguf_tensor, hf_tensors,
-                            new_writer, tensor_map, unpermute_rope, verify_gguf)
+from exporters.gguf import (add_model_tensors, finish_writer, gguf_name_of, new_writer, tensor_map,
+                            unpermute_rope, verify_gguf)
 from device_bench.gguf_weights import quantized, weight_types
 from models.base import LoadedModel
 from toolkit.compress import factorized_modules
@@ -75,9 +75,7 @@ def export_container(
         writer.add_string(f"{CONTAINER_ARCH}.target_architecture", writer.arch)
         writer.add_string(f"{CONTAINER_ARCH}.weight_type", weight_type)
         qtype = weight_types()[weight_type][0]
-        for name, tensor in hf_tensors(loaded.model, materialize=False).items():
-            array = gguf_tensor(name, tensor, loaded.family, loaded.model.config)
-            add_weight(writer, gguf_name_of(names, name, loaded.family), array, qtype)
+        add_model_tensors(writer, loaded, qtype, materialize=False)
         factors = {}
         for module_path, module in factorized_modules(loaded.model).items():
             if module.ties_to:
