@@ -9,12 +9,12 @@ from device_bench.errors import BenchError
 from device_bench.files import write_json
 
 
-def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(
-        prog="python -m device_bench",
-        description="Benchmark a tensoredge .onnx (onnxruntime) or .gguf (llama-cpp-python) model "
-        "on this machine: load time, prefill and greedy-decode speed, latency and peak memory.",
-    )
+DESCRIPTION = ("Benchmark a tensoredge .onnx (onnxruntime) or .gguf (llama-cpp-python) model on this "
+               "machine: load time, prefill and greedy-decode speed, latency and peak memory.")
+
+
+def add_bench_arguments(p: argparse.ArgumentParser) -> None:
+    """The bench options, shared by `python -m device_bench` and `tensoredge bench`."""
     p.add_argument("model", metavar="MODEL_FILE", help="path to a .onnx or .gguf file")
     p.add_argument("--prompt-tokens", type=int, default=64, help="random prompt length (default: 64)")
     p.add_argument("--decode-tokens", type=int, default=32, help="greedy decode steps per run (default: 32)")
@@ -23,6 +23,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--warmup", type=int, default=1, help="unmeasured runs first (default: 1)")
     p.add_argument("--seed", type=int, default=0, help="seed of the random prompt (default: 0)")
     p.add_argument("--json", metavar="OUT", help="also write the full result as JSON to OUT")
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m device_bench", description=DESCRIPTION)
+    add_bench_arguments(p)
     return p.parse_args(argv)
 
 
@@ -56,19 +61,25 @@ def main(argv: list[str] | None = None) -> int:
     """Run the benchmark; return 0 on success, 2 on a BenchError (printed as one line)."""
     args = parse_args(argv)
     try:
-        result = run_bench(
-            args.model,
-            prompt_tokens=args.prompt_tokens,
-            decode_tokens=args.decode_tokens,
-            threads=args.threads,
-            repeats=args.repeats,
-            warmup=args.warmup,
-            seed=args.seed,
-        )
-        print(format_table(result))
-        if args.json:
-            write_json(result, args.json)
+        bench(args)
     except BenchError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     return 0
+
+
+def bench(args: argparse.Namespace) -> dict:
+    """Run the bench the parsed options describe, print its table, write --json; return the result."""
+    result = run_bench(
+        args.model,
+        prompt_tokens=args.prompt_tokens,
+        decode_tokens=args.decode_tokens,
+        threads=args.threads,
+        repeats=args.repeats,
+        warmup=args.warmup,
+        seed=args.seed,
+    )
+    print(format_table(result))
+    if args.json:
+        write_json(result, args.json)
+    return result

@@ -9,6 +9,7 @@ import argparse
 import os
 import sys
 
+from device_bench.cli import add_bench_arguments
 from device_bench.errors import BenchError
 from device_bench.files import write_json
 from device_bench.gguf_weights import TYPE_NAMES
@@ -85,13 +86,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_json(p)
 
     p = sub.add_parser("bench", help="time an exported .onnx or .gguf file (runs without torch)")
-    p.add_argument("file", help=".onnx or .gguf file")
-    p.add_argument("--prompt-tokens", type=int, default=64)
-    p.add_argument("--decode-tokens", type=int, default=32)
-    p.add_argument("--threads", type=int, help="CPU threads (default: physical cores)")
-    p.add_argument("--repeats", type=int, default=3)
-    p.add_argument("--warmup", type=int, default=1)
-    add_json(p)
+    add_bench_arguments(p)
 
     p = sub.add_parser("report", help="a Markdown report from bench and pipeline JSON files")
     p.add_argument("runs", nargs="+", help="JSON files written by bench, eval or pipeline")
@@ -118,7 +113,7 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         result = getattr(commands, args.command)(args)
-        if args.json and result is not None:
+        if getattr(args, "json", None) and result is not None:
             write_json(result, args.json)
     except (TensoredgeError, BenchError) as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -153,14 +153,10 @@ def materialize(args: argparse.Namespace) -> dict:
     return result
 
 
-def bench(args: argparse.Namespace) -> dict:
-    from device_bench.bench import run_bench
-    from device_bench.cli import format_table
+def bench(args: argparse.Namespace) -> None:
+    from device_bench.cli import bench as run
 
-    result = run_bench(args.file, prompt_tokens=args.prompt_tokens, decode_tokens=args.decode_tokens,
-                       threads=args.threads, repeats=args.repeats, warmup=args.warmup)
-    print(format_table(result))
-    return result
+    run(args)  # writes --json itself
 
 
 def report(args: argparse.Namespace) -> dict:
