@@ -1,17 +1,22 @@
-"""Reports: the pipeline's summary table, and a Markdown page from any set of result files."""
+"""Reports: the pipeline's summary table, and a Markdown page with plots from any set of result files."""
 
 from __future__ import annotations
 
 import json
+from collections import defaultdict
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable, NamedTuple, Sequence
 
 from toolkit.errors import TensoredgeError
+from toolkit.files import atomic_path
 from toolkit.table import markdown_table, mib, num
 
 SUMMARY_HEADERS = ["model", "params", "ONNX file", "GGUF file", "perplexity", "KL", "top-1",
                    "ONNX tok/s*", "GGUF tok/s", "ONNX peak RSS", "GGUF peak RSS"]
-BENCH_HEADERS = ["file", "runtime", "threads", "size", "load s", "prefill tok/s", "decode tok/s",
-                 "p95 ms/token", "peak RSS", "KV cache"]
+RUN_HEADERS = ["file", "format", "runtime", "threads", "size", "decode tok/s", "decode min–max",
+               "prefill tok/s", "peak RSS", "perplexity", "J/token", "emulated"]
+PIPELINE_SCHEMA = "tensoredge.pipeline/1"
 
 
 def summary_rows(summary: dict) -> tuple[list[str], list[list[str]]]:
@@ -74,41 +79,337 @@ def summary_markdown(summary: dict) -> str:
     return "\n".join(lines)
 
 
-def bench_row(result: dict) -> list[str]:
-    return [
-        Path(result["model_path"]).name,
-        f"{result['runtime']['name']} {result['runtime']['version']}",
-        str(result["threads"]),
-        mib(result["model_bytes"]),
-        f"{result['load_s']:.2f}",
-        f"{result['prefill_tokens_per_s']['median']:.1f}",
-        f"{result['decode_tokens_per_s']['median']:.1f}",
-        f"{result['decode_latency_ms']['p95']:.1f}",
-        mib(result["peak_rss_sampled_bytes"]),
-        "yes" if result["kv_cache"] else "no",
-    ]
+@dataclass
+class Run:
+    """One bench result, flattened for the runs table and the plots."""
+
+    path: str
+    format: str
+    runtime: str
+    threads: int
+    size: int
+    decode: dict  # tok/s: median, min, max
+    prefill: float
+    peak_rss: int | None
+    machine: dict
+    energy: dict | None
+    energy_skipped: object
+    emulated: str | None
+    perplexity: float | None = None
 
 
-def write_report(paths: list[Path], out_dir: Path) -> Path:
-    """report.md in `out_dir` from bench (tensoredge.bench/1) and pipeline summary JSON files."""
+def run_of(bench: dict) -> Run:
+    """Read a `tensoredge.bench/1` dict; energy, emulation and RSS are optional."""
+    return Run(
+        path=bench["model_path"],
+        format=bench["format"],
+        runtime=f"{bench['runtime']['name']} {bench['runtime']['version']}",
+        threads=bench["threads"],
+        size=bench["model_bytes"],
+        decode={k: float(bench["decode_tokens_per_s"][k]) for k in ("median", "min", "max")},
+        prefill=float(bench["prefill_tokens_per_s"]["median"]),
+        peak_rss=bench.get("peak_rss_sampled_bytes"),
+        machine=bench.get("machine") or {},
+        energy=bench.get("energy"),
+        energy_skipped=bench.get("energy_skipped"),
+        emulated=(bench.get("emulated") or {}).get("profile"),
+    )
+
+
+@dataclass
+class Inputs:
+    """Everything read from the result files."""
+
+    runs: dict[str, Run]  # keyed by the bench's content: a bench met twice (file and summary) is one run
+    eval_rows: list[list[str]]
+    eval_perplexity: dict[str, float]  # evaluated model name -> perplexity
+    pipeline_sections: list[str]
+
+
+def read_json(path: Path) -> object:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise TensoredgeError(f"cannot read results file {path}: {exc}") from None
+
+
+def kind_of(data: object) -> str | None:
+    """"bench", "pipeline" or "eval" (eval JSON has no schema key), or None."""
     from device_bench.bench import SCHEMA as BENCH_SCHEMA
 
-    sections, bench_rows = [], []
+    if not isinstance(data, dict):
+        return None
+    schema = data.get("schema")
+    kinds = {BENCH_SCHEMA: "bench", PIPELINE_SCHEMA: "pipeline"}
+    if schema in kinds:
+        return kinds[schema]
+    return "eval" if schema is None and {"model", "dataset", "scores"} <= data.keys() else None
+
+
+def add_run(inputs: Inputs, bench: dict, perplexity: float | None = None) -> None:
+    run = inputs.runs.setdefault(json.dumps(bench, sort_keys=True), run_of(bench))
+    if perplexity is not None:
+        run.perplexity = perplexity
+
+
+def add_eval(inputs: Inputs, path: Path, data: dict) -> None:
+    """A table row per scored model; perplexities by model name (a .gguf file's name is its file name)."""
+    for role, s in data["scores"].items():
+        name = data["model"] if role == "model" else s.get("name", role)
+        inputs.eval_perplexity[name] = s["perplexity"]
+        inputs.eval_rows.append([path.name, name, str(data["tokens"]), num(s["perplexity"], 5),
+                                 num(s.get("kl"), 3), num(s.get("top1_agreement"), 3)])
+
+
+def add_file(inputs: Inputs, kind: str, path: Path, data: dict) -> None:
+    if kind == "bench":
+        add_run(inputs, data)
+    elif kind == "pipeline":
+        inputs.pipeline_sections.append("#" + summary_markdown(data))  # one heading level down
+        for variant in data["variants"].values():
+            for fmt in ("onnx", "gguf"):
+                add_run(inputs, variant[fmt]["bench"], variant["scores"]["perplexity"])
+    else:
+        add_eval(inputs, path, data)
+
+
+def read_inputs(paths: Sequence[Path]) -> Inputs:
+    """Read and check every file before anything is written; join eval perplexities to runs by file name."""
+    inputs = Inputs({}, [], {}, [])
     for path in paths:
+        data = read_json(path)
+        kind = kind_of(data)
+        if kind is None:
+            schema = data.get("schema") if isinstance(data, dict) else None
+            raise TensoredgeError(f"{path} is not a bench, pipeline or eval result (schema {schema!r})")
         try:
-            data = json.loads(path.read_text())
-        except (OSError, json.JSONDecodeError) as exc:
-            raise TensoredgeError(f"cannot read results file {path}: {exc}") from None
-        schema = data.get("schema") if isinstance(data, dict) else None
-        if schema == BENCH_SCHEMA:
-            bench_rows.append(bench_row(data))
-        elif schema == "tensoredge.pipeline/1":
-            sections.append(summary_markdown(data))
-        else:
-            raise TensoredgeError(f"{path} is not a bench or pipeline result (schema {schema!r})")
-    if bench_rows:
-        sections.append("# Benchmarks\n\n" + markdown_table(BENCH_HEADERS, bench_rows) + "\n")
-    out_dir.mkdir(parents=True, exist_ok=True)
+            add_file(inputs, kind, path, data)
+        except (KeyError, TypeError, AttributeError, ValueError) as exc:
+            raise TensoredgeError(f"{path} is not a complete {kind} result ({type(exc).__name__}: {exc})") from None
+    for run in inputs.runs.values():
+        if run.perplexity is None:
+            run.perplexity = inputs.eval_perplexity.get(Path(run.path).name)
+    return inputs
+
+
+def pareto_front(points: Sequence[tuple[float, float]], maximize: bool = False) -> list[int]:
+    """Indices of the (size, metric) points that no other point dominates.
+
+    A point dominates another when it is no larger, no worse, and differs; equal points all stay.
+    The metric is better lower, or higher with `maximize`.
+    """
+    sign = -1 if maximize else 1
+    keyed = [(x, sign * y) for x, y in points]
+    return [i for i, p in enumerate(keyed)
+            if not any(q[0] <= p[0] and q[1] <= p[1] and q != p for q in keyed)]
+
+
+def file_labels(runs: Sequence[Run]) -> list[str]:
+    """Each run's file name, with its folder where two different files share a name."""
+    paths_by_name = defaultdict(set)
+    for run in runs:
+        paths_by_name[Path(run.path).name].add(run.path)
+    return [(p.name if len(paths_by_name[p.name]) == 1 else f"{p.parent.name}/{p.name}")
+            for p in (Path(run.path) for run in runs)]
+
+
+def machine_name(m: dict) -> str:
+    base = m.get("board") or m.get("cpu_model") or "unknown machine"
+    return f"{base} ({m['hostname']})" if m.get("hostname") else base
+
+
+def machine_line(m: dict) -> str:
+    cores = f"{m.get('cores_physical')} physical / {m.get('cores_logical')} logical cores"
+    memory = f"{mib(m.get('memory_total_bytes'))} RAM"
+    parts = [m.get("board"), m.get("cpu_model"), cores, memory, m.get("os"), m.get("arch")]
+    return f"`{m.get('hostname')}`: " + ", ".join(str(x) for x in parts if x)
+
+
+def machines_of(runs: Sequence[Run]) -> dict[str, dict]:
+    """Distinct machines by name, in order of first appearance."""
+    machines: dict[str, dict] = {}
+    for run in runs:
+        machines.setdefault(machine_name(run.machine), run.machine)
+    return machines
+
+
+def energy_cell(run: Run) -> str:
+    """J/token with how it was obtained (measured/estimated, meter), or why there is none."""
+    e = run.energy or {}
+    if e.get("joules_per_token") is not None:
+        how = ", ".join(str(e[k]) for k in ("kind", "meter") if e.get(k))
+        return f"{num(e['joules_per_token'])} ({how})" if how else num(e["joules_per_token"])
+    if run.energy_skipped:
+        return f"skipped: {run.energy_skipped}" if isinstance(run.energy_skipped, str) else "skipped"
+    return "-"
+
+
+def run_row(run: Run, label: str) -> list[str]:
+    d = run.decode
+    return [label, run.format, run.runtime, str(run.threads), mib(run.size), f"{d['median']:.1f}",
+            f"{d['min']:.1f}–{d['max']:.1f}", f"{run.prefill:.1f}", mib(run.peak_rss), num(run.perplexity, 5),
+            energy_cell(run), run.emulated or "-"]
+
+
+class Point(NamedTuple):
+    x: float  # file size, MiB
+    y: float
+    label: str
+    fmt: str
+    hollow: bool = False  # an estimate, not a measurement
+    spread: tuple[float, float] | None = None  # (low, high) of y
+
+
+def perplexity_point(run: Run, label: str) -> Point | None:
+    return None if run.perplexity is None else Point(run.size / 2**20, run.perplexity, label, run.format)
+
+
+def speed_point(run: Run, label: str) -> Point:
+    d = run.decode
+    return Point(run.size / 2**20, d["median"], label, run.format, spread=(d["min"], d["max"]))
+
+
+def energy_point(run: Run, label: str) -> Point | None:
+    e = run.energy or {}
+    if e.get("joules_per_token") is None:
+        return None
+    return Point(run.size / 2**20, e["joules_per_token"], label, run.format, hollow=e.get("kind") == "estimated")
+
+
+@dataclass(frozen=True)
+class Plot:
+    file: str
+    title: str
+    ylabel: str
+    point: Callable[[Run, str], Point | None]
+    maximize: bool  # is a higher metric better?
+    absent: str  # why there is no plot, when no run has the metric
+    log_y: bool = False
+
+
+PLOTS = (
+    Plot("size_vs_perplexity.png", "Perplexity vs model file size", "perplexity, WikiText-2 test (log scale)",
+         perplexity_point, False, log_y=True,
+         absent="none of the runs has a perplexity. Perplexity comes with the benches inside a pipeline summary "
+                "(`summary.json`), or from `tensoredge eval --model FILE --json` of a file with the bench's name."),
+    Plot("toks_vs_size.png", "Decode speed vs model file size", "decode tokens/s (median, bar: min–max)",
+         speed_point, True, absent="there are no bench runs in the inputs."),
+    Plot("joules_vs_size.png", "Energy per token vs model file size", "energy per token (J/token)",
+         energy_point, False,
+         absent="none of the runs has an energy reading; the J/token column says where a bench skipped it."),
+)
+
+
+def draw(plot: Plot, points: Sequence[Point], machines: str, path: Path) -> None:
+    """Scatter with labels, spread bars, hollow estimates and the Pareto front; PNG written atomically."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(8, 5), dpi=120)
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot()
+    colors = {fmt: f"C{i}" for i, fmt in enumerate(sorted({p.fmt for p in points}))}
+    for fmt, hollow in sorted({(p.fmt, p.hollow) for p in points}):
+        group = [p for p in points if (p.fmt, p.hollow) == (fmt, hollow)]
+        ax.scatter([p.x for p in group], [p.y for p in group], s=45, zorder=3, edgecolors=colors[fmt],
+                   facecolors="none" if hollow else colors[fmt], label=f"{fmt} (estimate)" if hollow else fmt)
+    for p in points:
+        if p.spread:
+            ax.errorbar(p.x, p.y, yerr=[[p.y - p.spread[0]], [p.spread[1] - p.y]], fmt="none",
+                        ecolor=colors[p.fmt], alpha=0.6, capsize=3)
+    front = sorted((points[i] for i in pareto_front([(p.x, p.y) for p in points], plot.maximize)),
+                   key=lambda p: p.x)
+    ax.step([p.x for p in front], [p.y for p in front], where="post", color="black", linestyle="--",
+            linewidth=1, zorder=2, label="Pareto front (smaller and better)")
+    ax.scatter([p.x for p in front], [p.y for p in front], s=180, facecolors="none", edgecolors="black", zorder=2)
+    if plot.log_y:
+        ax.set_yscale("log")
+    ax.set(xlabel="model file size (MiB)", ylabel=plot.ylabel, title=f"{plot.title}\n{machines}")
+    ax.margins(0.15)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    place_labels(ax, points)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, bbox_inches="tight")
+
+
+LABEL_OFFSETS = [(6, 5, "left"), (6, -13, "left"), (-6, 5, "right"), (-6, -13, "right"), (6, 16, "left"),
+                 (6, -24, "left")]  # points from the marker, and text alignment
+
+
+def place_labels(ax, points: Sequence[Point]) -> None:
+    """Label each point at the first offset whose text overlaps no earlier label (else the last offset)."""
+    renderer = ax.figure.canvas.get_renderer()
+    placed = []
+    for p in points:
+        for dx, dy, ha in LABEL_OFFSETS:
+            text = ax.annotate(p.label, (p.x, p.y), xytext=(dx, dy), textcoords="offset points", ha=ha, fontsize=8)
+            box = text.get_window_extent(renderer)
+            if not any(box.overlaps(other) for other in placed) or (dx, dy, ha) == LABEL_OFFSETS[-1]:
+                break
+            text.remove()
+        placed.append(box)
+
+
+def plot_section(plot: Plot, runs: Sequence[Run], labels: Sequence[str], machines: str, out_dir: Path) -> list[str]:
+    """Draw `plot` if any run has its metric; the Markdown that shows it or says why it is absent."""
+    points = [p for run, label in zip(runs, labels) if (p := plot.point(run, label)) is not None]
+    if not points:
+        (out_dir / plot.file).unlink(missing_ok=True)  # no stale plot from an earlier report
+        return [f"### {plot.title}", "", f"No plot: {plot.absent}", ""]
+    draw(plot, points, machines, out_dir / plot.file)
+    return [f"### {plot.title}", "", f"![{plot.title}]({plot.file})", ""]
+
+
+RUN_NOTES = [
+    "Size: the model file on disk. Decode and prefill tok/s: median of the bench's repeats; min–max is their "
+    "spread. Peak RSS: sampled during the bench.",
+    "Perplexity: WikiText-2 test, joined to a run when a pipeline summary contains that bench (measured in "
+    "PyTorch float32 before export, so a quantized GGUF shows its variant's number), else from "
+    "`tensoredge eval --json` of a model file with the same name.",
+    "J/token: energy per token, measured by the named meter or estimated; \"skipped\" gives the bench's reason.",
+    "Pareto front (dashed line, ringed points): runs that no other run beats on both file size and the metric.",
+]
+
+
+def report_markdown(inputs: Inputs, paths: Sequence[Path], plots: list[str]) -> str:
+    runs = list(inputs.runs.values())
+    machines = machines_of(runs)
+    headers, rows = RUN_HEADERS, [run_row(r, label) for r, label in zip(runs, file_labels(runs))]
+    if len(machines) > 1:
+        headers = [*headers, "machine"]
+        rows = [[*row, machine_name(r.machine)] for row, r in zip(rows, runs)]
+    lines = [
+        "# tensoredge report",
+        "",
+        *[f"- Machine {machine_line(m)}" for m in machines.values()],
+        "- Inputs: " + ", ".join(f"`{p}`" for p in paths),
+        "",
+        f"## Runs ({len(runs)})",
+        "",
+        markdown_table(headers, rows) if runs else "No bench runs in the inputs.",
+        "",
+        *[f"- {note}" for note in RUN_NOTES],
+        "",
+        "## Plots",
+        "",
+        *plots,
+    ]
+    if inputs.eval_rows:
+        headers = ["file", "model", "tokens", "perplexity", "KL", "top-1"]
+        lines += ["## Evaluations", "", markdown_table(headers, inputs.eval_rows), ""]
+    return "\n".join([*lines, *inputs.pipeline_sections])
+
+
+def write_report(paths: Sequence[Path], out_dir: Path) -> Path:
+    """report.md and PNG plots in `out_dir` from bench (tensoredge.bench/1), pipeline and eval JSON files."""
+    inputs = read_inputs(paths)
+    runs = list(inputs.runs.values())
+    names = list(machines_of(runs))
+    machines = ", ".join(names) if len(names) <= 2 else f"{len(names)} machines"
+    labels = [f"{label} ({r.emulated})" if r.emulated else label for r, label in zip(runs, file_labels(runs))]
+    plots = [line for plot in PLOTS for line in plot_section(plot, runs, labels, machines, out_dir)]
     report = out_dir / "report.md"
-    report.write_text("\n".join(sections))
+    with atomic_path(report) as tmp:
+        tmp.write_text(report_markdown(inputs, paths, plots))
     return report

@@ -1,0 +1,152 @@
+"""`tensoredge report`: Markdown and PNG plots from real pipeline, bench and eval results."""
+
+from __future__ import annotations
+
+import json
+import struct
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from test_cli import assert_one_line_error, tensoredge
+from toolkit.report import pareto_front
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+PLOTS = ["size_vs_perplexity.png", "toks_vs_size.png", "joules_vs_size.png"]
+BENCH_FILES = ["dense.onnx", "dense-f32.gguf", "compressed.onnx", "compressed-f32.gguf"]
+
+
+@pytest.fixture(scope="module")
+def pipeline_out(tmp_path_factory) -> Path:
+    """A real tiny-gpt2 pipeline run: summary.json and its four bench-*.json files."""
+    out = tmp_path_factory.mktemp("pipeline")
+    done = tensoredge("pipeline", "--model", "tiny-gpt2", "--max-tokens", "300", "--decode-tokens", "4",
+                      "--out", str(out))
+    assert done.returncode == 0, done.stderr
+    return out
+
+
+@pytest.fixture(scope="module")
+def report(pipeline_out) -> Path:
+    """The report of the summary plus its own bench files (each bench met twice)."""
+    benches = sorted(str(p) for p in pipeline_out.glob("bench-*.json"))
+    done = tensoredge("report", str(pipeline_out / "summary.json"), *benches, "--out", str(pipeline_out / "r"))
+    assert done.returncode == 0, done.stderr
+    return pipeline_out / "r"
+
+
+def png_size(path: Path) -> tuple[int, int]:
+    """Width and height from a PNG's IHDR chunk, after checking the signature."""
+    data = path.read_bytes()
+    assert data[:8] == PNG_SIGNATURE and data[12:16] == b"IHDR", path
+    return struct.unpack(">II", data[16:24])
+
+
+def runs_table(markdown: str) -> list[list[str]]:
+    """Cells of the body rows of the table under "## Runs"."""
+    section = markdown.split("## Runs", 1)[1].split("\n## ", 1)[0]
+    rows = [line for line in section.splitlines() if line.startswith("|")][2:]
+    return [[cell.strip() for cell in row.strip("|").split("|")] for row in rows]
+
+
+def test_plots_are_valid_pngs(report):
+    for name in PLOTS[:2]:
+        width, height = png_size(report / name)
+        assert width > 400 and height > 300 and (report / name).stat().st_size > 10_000
+    assert not (report / "joules_vs_size.png").exists()  # no bench had an energy reading
+
+
+def test_markdown_embeds_plots_and_names_machine(report, pipeline_out):
+    markdown = (report / "report.md").read_text()
+    for name in PLOTS[:2]:
+        assert f"]({name})" in markdown
+    assert "joules_vs_size.png" not in markdown and "No plot: none of the runs has an energy reading" in markdown
+    machine = json.loads((pipeline_out / "summary.json").read_text())["machine"]
+    assert machine["cpu_model"] in markdown and f"`{machine['hostname']}`" in markdown
+    assert "## tensoredge pipeline: tiny-gpt2" in markdown  # the pipeline's own summary, one level down
+
+
+def test_one_row_per_bench_with_perplexity(report, pipeline_out):
+    rows = runs_table((report / "report.md").read_text())
+    assert sorted(row[0] for row in rows) == sorted(BENCH_FILES)
+    variants = json.loads((pipeline_out / "summary.json").read_text())["variants"]
+    for row in rows:
+        variant = "compressed" if row[0].startswith("compressed") else "dense"
+        assert float(row[9]) == pytest.approx(variants[variant]["scores"]["perplexity"], rel=1e-4)
+        assert row[1] in ("onnx", "gguf") and row[10] == "-" and row[11] == "-"
+
+
+def with_energy(bench: dict, kind: str | None, profile: str | None = None) -> dict:
+    """`bench` with the optional energy and emulation fields a newer device_bench writes."""
+    energy = None if kind is None else {
+        "meter": "rapl" if kind == "measured" else "cpu-model", "kind": kind, "joules": 2.0,
+        "average_watts": 9.5, "joules_per_token": 0.5 if kind == "measured" else 0.25, "sample_hz": 10.0,
+        "source": "test"}
+    return {**bench, "energy": energy, "energy_skipped": "no meter" if kind is None else None,
+            "emulated": {"profile": profile} if profile else None, "cpu_utilisation": 0.9}
+
+
+def test_benches_with_energy_and_eval(pipeline_out, tmp_path):
+    """Benches with energy measured, estimated and skipped; an eval result joined by file name, then not."""
+    benches = {name: json.loads((pipeline_out / f"bench-{name}.json").read_text())
+               for name in ("dense-onnx", "dense-gguf", "compressed-onnx")}
+    variants = [with_energy(benches["dense-onnx"], "measured"),
+                with_energy(benches["dense-gguf"], "estimated", profile="rpi5"),
+                with_energy(benches["compressed-onnx"], None)]
+    paths = []
+    for i, bench in enumerate(variants):
+        paths.append(tmp_path / f"b{i}.json")
+        paths[-1].write_text(json.dumps(bench))
+    summary = json.loads((pipeline_out / "summary.json").read_text())
+    evaluation = {"model": "dense-f32.gguf", "dataset": "wikitext-2 test", "tokens": 300,  # eval --json's shape
+                  "scores": {"model": summary["variants"]["dense"]["scores"]}}
+    (tmp_path / "eval.json").write_text(json.dumps(evaluation))
+
+    done = tensoredge("report", *map(str, paths), str(tmp_path / "eval.json"), "--out", str(tmp_path / "r"))
+    assert done.returncode == 0, done.stderr
+    markdown = (tmp_path / "r" / "report.md").read_text()
+    assert "](size_vs_perplexity.png)" in markdown and "## Evaluations" in markdown
+    png_size(tmp_path / "r" / "size_vs_perplexity.png")
+    png_size(tmp_path / "r" / "joules_vs_size.png")
+    cells = {row[0]: row for row in runs_table(markdown)}
+    assert float(cells["dense-f32.gguf"][9]) == pytest.approx(evaluation["scores"]["model"]["perplexity"], rel=1e-4)
+    assert cells["dense.onnx"][9] == "-"
+    assert cells["dense.onnx"][10] == "0.5 (measured, rapl)"
+    assert cells["dense-f32.gguf"][10] == "0.25 (estimated, cpu-model)" and cells["dense-f32.gguf"][11] == "rpi5"
+    assert cells["compressed.onnx"][10] == "skipped: no meter"
+
+    done = tensoredge("report", *map(str, paths), "--out", str(tmp_path / "r"))  # bench files alone
+    assert done.returncode == 0, done.stderr
+    markdown = (tmp_path / "r" / "report.md").read_text()
+    assert "No plot: none of the runs has a perplexity" in markdown
+    assert not (tmp_path / "r" / "size_vs_perplexity.png").exists()  # the earlier one is gone
+
+
+def test_pareto_front():
+    points = [(1.0, 5.0), (2.0, 3.0), (2.0, 4.0), (3.0, 3.0), (4.0, 1.0), (4.0, 1.0), (5.0, 2.0)]
+    # (2, 4) loses to (2, 3); (3, 3) to (2, 3); (5, 2) to (4, 1); the two (4, 1) tie and both stay
+    assert pareto_front(points) == [0, 1, 4, 5]
+    # higher is better: (1, 5) beats everything larger
+    assert pareto_front(points, maximize=True) == [0]
+    assert pareto_front([(1.0, 2.0), (2.0, 3.0)], maximize=True) == [0, 1]
+    assert pareto_front([(3.0, 7.0)]) == [0] and pareto_front([]) == []
+
+
+@pytest.mark.parametrize("content,fragments", [
+    ("not json {", ["cannot read results file"]),
+    ('{"schema": "someone.else/2"}', ["is not a bench, pipeline or eval result", "someone.else/2"]),
+    ("[1, 2]", ["is not a bench, pipeline or eval result"]),
+    ('{"schema": "tensoredge.bench/1", "format": "onnx"}', ["is not a complete bench result", "model_path"]),
+])
+def test_bad_input_is_one_line(content, fragments, tmp_path):
+    (tmp_path / "bad.json").write_text(content)
+    assert_one_line_error(tensoredge("report", str(tmp_path / "bad.json"), "--out", str(tmp_path / "r")), *fragments)
+    assert not (tmp_path / "r").exists()
+
+
+def test_import_is_light():
+    probe = "import sys, toolkit.report; assert 'matplotlib' not in sys.modules and 'torch' not in sys.modules"
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
