@@ -93,9 +93,16 @@ class Run:
     peak_rss: int | None
     machine: dict
     energy: dict | None
-    energy_skipped: object
+    meters_skipped: list[str]  # "meter: why" for each energy meter the bench could not use
     emulated: str | None
     perplexity: float | None = None
+
+
+def skipped_meters(value: object) -> list[str]:
+    """device_bench's "energy_skipped" (a list of {"meter", "why"}, or one reason) as "meter: why" lines."""
+    if isinstance(value, list):
+        return [f"{s['meter']}: {s['why']}" if isinstance(s, dict) else str(s) for s in value]
+    return [str(value)] if value else []
 
 
 def run_of(bench: dict) -> Run:
@@ -111,7 +118,7 @@ def run_of(bench: dict) -> Run:
         peak_rss=bench.get("peak_rss_sampled_bytes"),
         machine=bench.get("machine") or {},
         energy=bench.get("energy"),
-        energy_skipped=bench.get("energy_skipped"),
+        meters_skipped=skipped_meters(bench.get("energy_skipped")),
         emulated=(bench.get("emulated") or {}).get("profile"),
     )
 
@@ -234,14 +241,12 @@ def machines_of(runs: Sequence[Run]) -> dict[str, dict]:
 
 
 def energy_cell(run: Run) -> str:
-    """J/token with how it was obtained (measured/estimated, meter), or why there is none."""
+    """J/token with how it was obtained: measured or estimated, and the meter."""
     e = run.energy or {}
-    if e.get("joules_per_token") is not None:
-        how = ", ".join(str(e[k]) for k in ("kind", "meter") if e.get(k))
-        return f"{num(e['joules_per_token'])} ({how})" if how else num(e["joules_per_token"])
-    if run.energy_skipped:
-        return f"skipped: {run.energy_skipped}" if isinstance(run.energy_skipped, str) else "skipped"
-    return "-"
+    if e.get("joules_per_token") is None:
+        return "-"
+    how = ", ".join(str(e[k]) for k in ("kind", "meter") if e.get(k))
+    return f"{num(e['joules_per_token'])} ({how})" if how else num(e["joules_per_token"])
 
 
 def run_row(run: Run, label: str) -> list[str]:
@@ -296,7 +301,7 @@ PLOTS = (
          speed_point, True, absent="there are no bench runs in the inputs."),
     Plot("joules_vs_size.png", "Energy per token vs model file size", "energy per token (J/token)",
          energy_point, False,
-         absent="none of the runs has an energy reading; the J/token column says where a bench skipped it."),
+         absent="none of the runs has an energy reading (J/token)."),
 )
 
 
@@ -367,9 +372,19 @@ RUN_NOTES = [
     "Perplexity: WikiText-2 test, joined to a run when a pipeline summary contains that bench (measured in "
     "PyTorch float32 before export, so a quantized GGUF shows its variant's number), else from "
     "`tensoredge eval --json` of a model file with the same name.",
-    "J/token: energy per token, measured by the named meter or estimated; \"skipped\" gives the bench's reason.",
+    "J/token: energy of the bench's measured runs per token (prompt and decoded, as device_bench counts them), "
+    "measured by the named meter or estimated.",
     "Pareto front (dashed line, ringed points): runs that no other run beats on both file size and the metric.",
 ]
+
+
+def energy_notes(runs: Sequence[Run]) -> list[str]:
+    """Where the estimates come from, and each energy meter a bench could not use, and why."""
+    sources = dict.fromkeys(str(r.energy["source"]) for r in runs
+                            if r.energy and r.energy.get("kind") == "estimated" and r.energy.get("source"))
+    skipped = dict.fromkeys(line for run in runs for line in run.meters_skipped)
+    return ([f"- Energy estimates: {'; '.join(sources)}."] if sources else []) + (
+        [f"- Energy meters not available: {'; '.join(skipped)}."] if skipped else [])
 
 
 def report_markdown(inputs: Inputs, paths: Sequence[Path], plots: list[str]) -> str:
@@ -390,6 +405,7 @@ def report_markdown(inputs: Inputs, paths: Sequence[Path], plots: list[str]) -> 
         markdown_table(headers, rows) if runs else "No bench runs in the inputs.",
         "",
         *[f"- {note}" for note in RUN_NOTES],
+        *energy_notes(runs),
         "",
         "## Plots",
         "",
