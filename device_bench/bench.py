@@ -1,19 +1,27 @@
 """Time load, prefill and greedy decode of one model file."""
 
 import os
+import re
+import resource
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import datetime, timezone
 
 import numpy as np
 import psutil
 
-from device_bench.errors import BenchError
+from device_bench.energy import open_meter
+from device_bench.energy.meter import Meter, Reading
+from device_bench.errors import BenchError, first_line
 from device_bench.machine import machine_info
 from device_bench.memory import PeakRSS
+from device_bench.profiles import detect_profile, emulate as apply_emulation, get_profile
 from device_bench.runtimes import Runtime, runtime_class
 
 SCHEMA = "tensoredge.bench/1"
+OUT_OF_MEMORY = re.compile(r"alloc|memory|can't start new thread", re.IGNORECASE)  # e.g. std::bad_alloc
 
 
 def log(msg: str) -> None:
@@ -43,6 +51,45 @@ def generate(rt: Runtime, prompt: np.ndarray, steps: int) -> tuple[float, list[f
     return prefill_s, latencies, tokens
 
 
+def energy_entry(meter: Meter, reading: Reading, tokens: int) -> dict:
+    """The result's "energy"; `tokens`: every prompt and decoded token of the measured runs."""
+    return {
+        "meter": meter.name,
+        "kind": meter.kind,
+        "joules": reading.joules,
+        "seconds": reading.seconds,
+        "average_watts": reading.joules / reading.seconds,
+        "joules_per_token": reading.joules / tokens,
+        "samples": reading.samples,
+        "sample_hz": reading.sample_hz,
+        "source": meter.source,
+    }
+
+
+def out_of_memory(e: Exception, model_bytes: int) -> bool:
+    """Whether `e` means this capped process ran out of address space.
+
+    True for a MemoryError, an error that says so, or any error once the model file no longer fits
+    under the cap (llama.cpp's failed mmap says only "Failed to load model from file").
+    """
+    headroom = resource.getrlimit(resource.RLIMIT_AS)[0] - psutil.Process().memory_info().vms
+    return isinstance(e, MemoryError) or bool(OUT_OF_MEMORY.search(first_line(e))) or model_bytes > headroom
+
+
+@contextmanager
+def out_of_memory_errors(emulated: dict | None, model_bytes: int) -> Iterator[None]:
+    """Under an emulated memory cap, turn running out of memory into one clear BenchError."""
+    try:
+        yield
+    except Exception as e:  # MemoryError, or a runtime's own error (often already a BenchError)
+        if emulated is None or not out_of_memory(e, model_bytes):
+            raise
+        cap = emulated["memory_cap_bytes"] / 2**20
+        raise BenchError(
+            f"model needs more memory than the emulated {emulated['profile']} has ({cap:.0f} MiB): {first_line(e)}"
+        ) from None
+
+
 def run_bench(
     path: str,
     prompt_tokens: int = 64,
@@ -51,24 +98,58 @@ def run_bench(
     repeats: int = 3,
     warmup: int = 1,
     seed: int = 0,
+    meter: str = "auto",
+    profile: str | None = None,
+    emulate: str | None = None,
+    energy_csv: str | None = None,
+    energy_csv_columns: tuple[str, str] = ("timestamp", "watts"),
+    nvml_device: int | None = None,
+    memory_cap_mib: int | None = None,
 ) -> dict:
-    """Benchmark a .onnx or .gguf file on this machine; return a `tensoredge.bench/1` dict."""
+    """Benchmark a .onnx or .gguf file on this machine; return a `tensoredge.bench/1` dict.
+
+    `meter` (see device_bench.energy) measures the measured repetitions only, not load or warm-up;
+    "energy" gives its joules, average watts and joules_per_token, where the tokens are every
+    prompt and decoded token of the measured runs: (prompt_tokens + decode_tokens) * repeats.
+    The estimator uses `profile`, else the emulated board, else the board this runs on, else generic.
+    `emulate` holds this whole process to a board's cores and RAM (`memory_cap_mib` overrides the
+    RAM) for good, so call it in a process of its own, as `python -m device_bench` is.
+    """
+    target = get_profile(emulate) if emulate else None  # the board to emulate
     if threads is None:
-        threads = psutil.cpu_count(logical=False) or os.cpu_count() or 1
+        threads = target.threads if target else psutil.cpu_count(logical=False) or os.cpu_count() or 1
+    optional = [("nvml_device", nvml_device, 0), ("memory_cap_mib", memory_cap_mib, 1)]
     for name, value, low in [
         ("prompt_tokens", prompt_tokens, 1),
         ("decode_tokens", decode_tokens, 1),
         ("threads", threads, 1),
         ("repeats", repeats, 1),
         ("warmup", warmup, 0),
+        *[(name, value, low) for name, value, low in optional if value is not None],
     ]:
         if value < low:
             raise BenchError(f"{name} must be >= {low}, got {value}")
+    if target and threads > target.cores:
+        raise BenchError(f"{threads} threads is more than the emulated {target.name}'s {target.cores} cores")
+    if memory_cap_mib is not None and not target:
+        raise BenchError("memory_cap_mib (--memory-cap-mib) only applies with emulate (--emulate BOARD)")
     timestamp = datetime.now(timezone.utc).isoformat(timespec="seconds")
 
     runtime = runtime_class(path)  # fail fast on a missing or unsupported file
+    machine = machine_info(threads)
+    estimate_profile = (get_profile(profile) if profile
+                        else target or detect_profile(machine["board"]) or get_profile("generic"))
+    energy_meter, skipped = open_meter(meter, estimate_profile, energy_csv, energy_csv_columns, nvml_device)
+    for s in skipped:
+        log(f"energy meter {s['meter']} skipped: {s['why']}")
+    log(f"energy meter: {energy_meter.name} ({energy_meter.kind})")
+    emulated = None
+    if target:
+        emulated = apply_emulation(target, threads, memory_cap_mib * 2**20 if memory_cap_mib else None)
+        log(f"emulating {target.name}: cores {emulated['affinity']}, "
+            f"memory cap {emulated['memory_cap_bytes'] / 2**20:.0f} MiB")
 
-    with PeakRSS() as mem:
+    with out_of_memory_errors(emulated, os.path.getsize(path)), PeakRSS() as mem:
         log(f"loading {path} ({threads} threads)")
         t0 = time.perf_counter()
         rt = runtime(path, threads, max_tokens=prompt_tokens + decode_tokens)
@@ -79,6 +160,8 @@ def run_bench(
             log(f"warmup {i + 1}/{warmup}")
             generate(rt, prompt, decode_tokens)
         runs = []
+        cpu0, wall0 = time.process_time(), time.perf_counter()
+        energy_meter.start()
         for i in range(repeats):
             runs.append(generate(rt, prompt, decode_tokens))
             prefill_s, steps, _ = runs[-1]
@@ -86,6 +169,8 @@ def run_bench(
                 f"run {i + 1}/{repeats}: prefill {prompt_tokens / prefill_s:.1f} tok/s, "
                 f"decode {decode_tokens / sum(steps):.1f} tok/s"
             )
+        reading = energy_meter.stop()
+        cpu_s, wall_s = time.process_time() - cpu0, time.perf_counter() - wall0
 
     prefills = [prefill_s for prefill_s, _, _ in runs]
     decodes = [sum(steps) for _, steps, _ in runs]
@@ -115,5 +200,9 @@ def run_bench(
         "peak_rss_sampled_bytes": mem.peak_sampled_bytes,
         "peak_rss_os_bytes": mem.peak_os_bytes,
         "generated_tokens": runs[0][2],
-        "machine": machine_info(threads),
+        "machine": machine,
+        "energy": energy_entry(energy_meter, reading, (prompt_tokens + decode_tokens) * repeats),
+        "energy_skipped": skipped,
+        "cpu_utilisation": cpu_s / wall_s / threads,
+        "emulated": emulated,
     }

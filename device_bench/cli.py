@@ -5,8 +5,10 @@ import os
 import sys
 
 from device_bench.bench import run_bench
+from device_bench.energy import METERS
 from device_bench.errors import BenchError
 from device_bench.files import write_json
+from device_bench.profiles import BOARDS, NAMES
 
 
 DESCRIPTION = ("Benchmark a tensoredge .onnx (onnxruntime) or .gguf (llama-cpp-python) model on this "
@@ -23,6 +25,23 @@ def add_bench_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--warmup", type=int, default=1, help="unmeasured runs first (default: 1)")
     p.add_argument("--seed", type=int, default=0, help="seed of the random prompt (default: 0)")
     p.add_argument("--json", metavar="OUT", help="also write the full result as JSON to OUT")
+    p.add_argument("--meter", choices=("auto", *METERS), default="auto",
+                   help="energy meter for the measured runs; auto takes the first available of "
+                        "rapl, hwmon, pi5-pmic, nvml (with --nvml-device), csv (with --energy-csv), "
+                        "estimate (default: auto)")
+    p.add_argument("--profile", choices=NAMES,
+                   help="device profile for the energy estimate (default: the emulated or detected board, "
+                        "else generic)")
+    p.add_argument("--emulate", choices=tuple(BOARDS), metavar="BOARD",
+                   help=f"hold the run to a board's cores (threads, CPU affinity) and RAM (an address-space "
+                        f"cap above what the runner maps before loading): {', '.join(BOARDS)}")
+    p.add_argument("--memory-cap-mib", type=int, metavar="N",
+                   help="with --emulate, cap memory at N MiB instead of the board's RAM (for tests)")
+    p.add_argument("--energy-csv", metavar="FILE",
+                   help="an external meter's CSV log (unix-seconds timestamps and watts) for --meter csv")
+    p.add_argument("--energy-csv-columns", nargs=2, default=["timestamp", "watts"], metavar=("TIME", "WATTS"),
+                   help="the log's time and watts columns (default: timestamp watts)")
+    p.add_argument("--nvml-device", type=int, metavar="N", help="NVIDIA GPU index for --meter nvml (default: 0)")
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -40,7 +59,7 @@ def format_table(r: dict) -> str:
         s = r[key]
         return f"{s['median']:.1f} tok/s  (min {s['min']:.1f}, max {s['max']:.1f})"
 
-    lat = r["decode_latency_ms"]
+    lat, e = r["decode_latency_ms"], r["energy"]
     prefill_ms = r["prefill_s"]["median"] * 1e3
     rows = [
         ("model", f"{os.path.basename(r['model_path'])}  ({r['format']}, {mib(r['model_bytes'])})"),
@@ -52,7 +71,15 @@ def format_table(r: dict) -> str:
         ("token latency", f"p50 {lat['p50']:.2f} ms, p95 {lat['p95']:.2f} ms"),
         ("peak RSS", f"{mib(r['peak_rss_sampled_bytes'])} sampled, {mib(r['peak_rss_os_bytes'])} OS"),
         ("runs", f"{r['repeats']} measured + {r['warmup']} warmup"),
+        ("CPU", f"{r['cpu_utilisation']:.0%} of {r['threads']} threads"),
+        ("energy", f"{e['joules_per_token']:.3g} J/token, {e['average_watts']:.2f} W ({e['meter']}, {e['kind']})"),
     ]
+    if r["energy_skipped"]:
+        rows.append(("meters skipped", ", ".join(s["meter"] for s in r["energy_skipped"])))
+    if r["emulated"]:
+        em = r["emulated"]
+        rows.append(("emulated", f"{em['profile']}: {em['threads']} threads, cores {em['affinity']}, "
+                                 f"memory cap {mib(em['memory_cap_bytes'])}"))
     width = max(len(k) for k, _ in rows)
     return "\n".join(f"{k:<{width}}  {v}" for k, v in rows)
 
@@ -78,6 +105,13 @@ def bench(args: argparse.Namespace) -> dict:
         repeats=args.repeats,
         warmup=args.warmup,
         seed=args.seed,
+        meter=args.meter,
+        profile=args.profile,
+        emulate=args.emulate,
+        energy_csv=args.energy_csv,
+        energy_csv_columns=tuple(args.energy_csv_columns),
+        nvml_device=args.nvml_device,
+        memory_cap_mib=args.memory_cap_mib,
     )
     print(format_table(result))
     if args.json:
