@@ -19,6 +19,7 @@ from device_bench.machine import machine_info
 from device_bench.memory import PeakRSS
 from device_bench.profiles import detect_profile, emulate as apply_emulation, get_profile
 from device_bench.runtimes import Runtime, runtime_class
+from device_bench.runtimes.torch_ref import is_torch_ref
 
 SCHEMA = "tensoredge.bench/1"
 OUT_OF_MEMORY = re.compile(r"alloc|memory|can't start new thread", re.IGNORECASE)  # e.g. std::bad_alloc
@@ -149,7 +150,8 @@ def run_bench(
         log(f"emulating {target.name}: cores {emulated['affinity']}, "
             f"memory cap {emulated['memory_cap_bytes'] / 2**20:.0f} MiB")
 
-    with out_of_memory_errors(emulated, os.path.getsize(path)), PeakRSS() as mem:
+    file_bytes = 0 if is_torch_ref(path) else os.path.getsize(path)
+    with out_of_memory_errors(emulated, file_bytes), PeakRSS() as mem:
         log(f"loading {path} ({threads} threads)")
         t0 = time.perf_counter()
         rt = runtime(path, threads, max_tokens=prompt_tokens + decode_tokens)
@@ -179,10 +181,10 @@ def run_bench(
     return {
         "schema": SCHEMA,
         "timestamp": timestamp,
-        "model_path": os.path.abspath(path),
-        "model_bytes": os.path.getsize(path),
-        "format": os.path.splitext(path)[1].lower().lstrip("."),
-        "runtime": {"name": rt.name, "version": rt.version},
+        "model_path": path if is_torch_ref(path) else os.path.abspath(path),
+        "model_bytes": getattr(rt, "model_bytes", file_bytes),  # PyTorch: parameter bytes, no file
+        "format": "pytorch" if is_torch_ref(path) else os.path.splitext(path)[1].lower().lstrip("."),
+        "runtime": {"name": rt.name, "version": rt.version, "device": getattr(rt, "device_name", "cpu")},
         "kv_cache": rt.kv_cache,
         "threads": threads,
         "vocab_size": rt.vocab_size,

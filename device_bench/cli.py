@@ -8,6 +8,7 @@ from device_bench.bench import run_bench
 from device_bench.energy import METERS
 from device_bench.errors import BenchError
 from device_bench.files import write_json
+from device_bench.remote import add_remote_arguments, bench_argv_from, run_remote
 from device_bench.profiles import BOARDS, NAMES
 
 
@@ -42,6 +43,7 @@ def add_bench_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--energy-csv-columns", nargs=2, default=["timestamp", "watts"], metavar=("TIME", "WATTS"),
                    help="the log's time and watts columns (default: timestamp watts)")
     p.add_argument("--nvml-device", type=int, metavar="N", help="NVIDIA GPU index for --meter nvml (default: 0)")
+    add_remote_arguments(p)
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -96,7 +98,12 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def bench(args: argparse.Namespace) -> dict:
-    """Run the bench the parsed options describe, print its table, write --json; return the result."""
+    """Run the bench the parsed options describe (here, or on --remote over SSH), print its table,
+    write --json; return the result."""
+    if args.remote:
+        parser = argparse.ArgumentParser()
+        add_bench_arguments(parser)
+        return run_remote(args, bench_argv_from(parser, args))
     result = run_bench(
         args.model,
         prompt_tokens=args.prompt_tokens,

@@ -95,6 +95,7 @@ def test_onnx_bench_schema_and_tokens(tmp_path):
         "vocab_size", "prompt_tokens", "decode_tokens", "repeats", "warmup", "seed", "load_s", "prefill_s",
         "prefill_tokens_per_s", "decode_s", "decode_tokens_per_s", "decode_latency_ms",
         "peak_rss_sampled_bytes", "peak_rss_os_bytes", "generated_tokens", "machine",
+        "energy", "energy_skipped", "cpu_utilisation", "emulated",
     }
     assert set(r) == keys
     assert r["schema"] == SCHEMA and r["format"] == "onnx" and r["kv_cache"] is False
@@ -159,3 +160,17 @@ def test_truncated_gguf(tmp_path):
     with pytest.raises(BenchError, match="cannot load GGUF model") as e:
         open_runtime(str(tmp_path / "x.gguf"), threads=1)
     assert "\n" not in str(e.value)
+
+
+def test_pytorch_reference_runtime_matches_onnx_greedy_tokens(tmp_path):
+    """torch:MODEL benches the PyTorch model with its KV cache; its greedy tokens equal ONNX Runtime's."""
+    from device_bench.bench import run_bench
+
+    onnx_path = tmp_path / "tiny.onnx"
+    done = subprocess.run([sys.executable, "-m", "toolkit.cli", "export", "onnx", "--model", "tiny-gpt2",
+                           "--out", str(onnx_path)], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    args = dict(prompt_tokens=8, decode_tokens=6, repeats=1, warmup=0, threads=1)
+    reference = run_bench("torch:tiny-gpt2", **args)
+    assert reference["format"] == "pytorch" and reference["kv_cache"] and reference["model_bytes"] > 0
+    assert reference["generated_tokens"] == run_bench(str(onnx_path), **args)["generated_tokens"]

@@ -13,9 +13,9 @@ from pathlib import Path
 import pytest
 
 from device_bench.bench import SCHEMA
-from device_bench.cli import add_bench_arguments
+from device_bench.cli import add_bench_arguments, bench
 from device_bench.errors import BenchError
-from device_bench.remote import add_remote_arguments, bench_argv_from, run_remote
+from device_bench.remote import bench_argv_from, run_remote
 from test_device_bench import make_onnx
 
 SSHD = "/usr/sbin/sshd"
@@ -24,8 +24,7 @@ MODEL_NAME = """it's my "tiny" $(model).onnx"""  # a space, both quotes and a co
 
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser()
-    add_bench_arguments(p)
-    add_remote_arguments(p)
+    add_bench_arguments(p)  # includes the remote options
     return p
 
 
@@ -91,7 +90,7 @@ def test_remote_bench(sshd, tmp_path, capsys):
     p = parser()
     args = remote_args(p, sshd, str(model), "--decode-tokens", "4", "--repeats", "1", "--prompt-tokens", "8",
                        "--threads", "1", "--json", str(tmp_path / "out.json"))
-    result = run_remote(args, bench_argv_from(p, args))
+    result = bench(args)  # what `tensoredge bench ... --remote` and `python -m device_bench` call
 
     assert result["schema"] == SCHEMA and result["decode_tokens"] == 4 and result["repeats"] == 1
     assert len(result["generated_tokens"]) == 4

@@ -8,6 +8,7 @@ import numpy as np
 from device_bench.errors import BenchError
 from device_bench.runtimes.llama_cpp import LlamaCppRuntime
 from device_bench.runtimes.onnx import OnnxRuntime
+from device_bench.runtimes.torch_ref import TorchRuntime, is_torch_ref
 
 
 class Runtime(Protocol):
@@ -35,12 +36,14 @@ RUNTIMES = {".onnx": OnnxRuntime, ".gguf": LlamaCppRuntime}
 
 
 def runtime_class(path: str) -> type:
-    """The runtime class for `path`'s suffix; BenchError if the file is missing or unsupported."""
+    """The runtime class for `path`'s suffix (or `torch:` prefix); BenchError if missing or unsupported."""
+    if is_torch_ref(path):
+        return TorchRuntime
     if not os.path.isfile(path):
         raise BenchError(f"model file not found: {path} (check the path)")
     suffix = os.path.splitext(path)[1].lower()
     if suffix not in RUNTIMES:
-        raise BenchError(f"unsupported model file {path}: expected a .onnx or .gguf file")
+        raise BenchError(f"unsupported model file {path}: expected a .onnx or .gguf file (or torch:MODEL)")
     return RUNTIMES[suffix]
 
 
