@@ -38,13 +38,14 @@ BOARDS = {
             source="approximate: Raspberry Pi 5 8GB at its USB-C input, about 3 W idle and about 8 W "
                    "with all four cores loaded, as widely reported by reviewers (e.g. Jeff Geerling, "
                    "github.com/geerlingguy/sbc-reviews/issues/21); Raspberry Pi's product brief gives "
-                   "only the 5V/5A supply",
+                   "only the 5V/5A supply; not yet checked against a primary measurement page",
             models=("Raspberry Pi 5", "Raspberry Pi Compute Module 5"),
         ),
         Profile(
             "pi-zero-2w", cores=4, threads=4, memory_bytes=512 * 2**20, idle_w=0.6, active_w_per_core=0.45,
             source="approximate: Raspberry Pi Zero 2 W, about 0.6 W idle (120 mA at 5 V, CNX Software's "
-                   "Otii Arc measurements, Dec 2021) and about 2.4 W with all four cores loaded",
+                   "Otii Arc measurements, Dec 2021) and about 2.4 W with all four cores loaded (the loaded figure "
+                   "not yet checked against a primary page)",
             models=("Raspberry Pi Zero 2",),
         ),
     )

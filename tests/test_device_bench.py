@@ -85,19 +85,21 @@ print(sorted(m for m in sys.modules if m.split(".")[0] in ("torch", "transformer
     assert out.stdout.strip().splitlines()[-1] == "[]"
 
 
-def test_onnx_bench_schema_and_tokens(tmp_path):
-    emb, w = make_onnx(tmp_path / "tiny.onnx")
-    r = run_bench(
-        str(tmp_path / "tiny.onnx"), prompt_tokens=16, decode_tokens=5, threads=1, repeats=2, warmup=1, seed=3
-    )
-    keys = {
+BENCH_KEYS = {
         "schema", "timestamp", "model_path", "model_bytes", "format", "runtime", "kv_cache", "threads",
         "vocab_size", "prompt_tokens", "decode_tokens", "repeats", "warmup", "seed", "load_s", "prefill_s",
         "prefill_tokens_per_s", "decode_s", "decode_tokens_per_s", "decode_latency_ms",
         "peak_rss_sampled_bytes", "peak_rss_os_bytes", "generated_tokens", "machine",
         "energy", "energy_skipped", "cpu_utilisation", "emulated",
-    }
-    assert set(r) == keys
+}
+
+
+def test_onnx_bench_schema_and_tokens(tmp_path):
+    emb, w = make_onnx(tmp_path / "tiny.onnx")
+    r = run_bench(
+        str(tmp_path / "tiny.onnx"), prompt_tokens=16, decode_tokens=5, threads=1, repeats=2, warmup=1, seed=3
+    )
+    assert set(r) == BENCH_KEYS
     assert r["schema"] == SCHEMA and r["format"] == "onnx" and r["kv_cache"] is False
     assert r["runtime"]["name"] == "onnxruntime" and r["vocab_size"] == VOCAB and r["threads"] == 1
     assert r["model_bytes"] == (tmp_path / "tiny.onnx").stat().st_size
@@ -160,6 +162,16 @@ def test_truncated_gguf(tmp_path):
     with pytest.raises(BenchError, match="cannot load GGUF model") as e:
         open_runtime(str(tmp_path / "x.gguf"), threads=1)
     assert "\n" not in str(e.value)
+
+
+def test_gguf_bench_has_the_same_schema(tmp_path):
+    done = subprocess.run([sys.executable, "-m", "toolkit.cli", "export", "gguf", "--model", "tiny-gpt2",
+                           "--out", str(tmp_path / "tiny.gguf")], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    r = run_bench(str(tmp_path / "tiny.gguf"), prompt_tokens=16, decode_tokens=5, threads=1, repeats=2, warmup=1)
+    assert set(r) == BENCH_KEYS and r["format"] == "gguf" and r["kv_cache"]
+    assert r["runtime"]["name"] == "llama-cpp-python" and len(r["generated_tokens"]) == 5
+    assert r["energy"]["joules"] > 0 and r["energy"]["kind"] in ("measured", "estimated")
 
 
 def test_pytorch_reference_runtime_matches_onnx_greedy_tokens(tmp_path):

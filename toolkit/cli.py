@@ -88,7 +88,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("bench", help="time an exported .onnx or .gguf file (runs without torch)")
     add_bench_arguments(p)
 
-    p = sub.add_parser("report", help="a Markdown report from bench and pipeline JSON files")
+    p = sub.add_parser("report", help="Markdown report with plots (size vs perplexity, tok/s and J/token vs "
+                                      "size, Pareto fronts) from bench, eval and pipeline JSON files")
     p.add_argument("runs", nargs="+", help="JSON files written by bench, eval or pipeline")
     p.add_argument("--out", required=True, help="output folder")
     add_json(p)

@@ -110,7 +110,8 @@ def run_of(bench: dict) -> Run:
     return Run(
         path=bench["model_path"],
         format=bench["format"],
-        runtime=f"{bench['runtime']['name']} {bench['runtime']['version']}",
+        runtime=f"{bench['runtime']['name']} {bench['runtime']['version']}"
+                + (f" on {bench['runtime']['device']}" if bench["runtime"].get("device", "cpu") != "cpu" else ""),
         threads=bench["threads"],
         size=bench["model_bytes"],
         decode={k: float(bench["decode_tokens_per_s"][k]) for k in ("median", "min", "max")},
@@ -221,7 +222,9 @@ def file_labels(runs: Sequence[Run]) -> list[str]:
 
 
 def machine_name(m: dict) -> str:
+    """Board or CPU, core count and host name: VMs often share a host name, rarely all three."""
     base = m.get("board") or m.get("cpu_model") or "unknown machine"
+    base += f", {m['cores_logical']} cores" if m.get("cores_logical") else ""
     return f"{base} ({m['hostname']})" if m.get("hostname") else base
 
 

@@ -4,14 +4,14 @@ import glob
 import os
 import re
 
-from device_bench.energy.meter import PowerSampler, Reading, read_text, sysfs_name
+from device_bench.energy.meter import SampledMeter, read_text, sysfs_name
 from device_bench.errors import first_line
 
 HWMON_BASE = "/sys/class/hwmon"
 INA_NAMES = ("ina219", "ina226", "ina260")
 
 
-class HwmonMeter:
+class HwmonMeter(SampledMeter):
     """Sample a hwmon device's power*_input (microwatts) in a background thread and integrate.
 
     Uses the first device named like an INA power monitor, else the first with a power1_input;
@@ -26,7 +26,6 @@ class HwmonMeter:
         self.interval_s = interval_s
         self._device = ""
         self._files: list[str] = []
-        self._sampler: PowerSampler | None = None
 
     @property
     def source(self) -> str:
@@ -49,13 +48,6 @@ class HwmonMeter:
 
     def _watts(self) -> float:
         return _microwatts(self._files) / 1e6
-
-    def start(self) -> None:
-        self._sampler = PowerSampler(self._watts, self.interval_s)
-        self._sampler.start()
-
-    def stop(self) -> Reading:
-        return self._sampler.stop()
 
 
 def _microwatts(files: list[str]) -> int:

@@ -93,3 +93,19 @@ class PowerSampler:
         seconds = self._times[-1] - self._times[0]
         n = len(self._times)
         return Reading(integrate(self._times, self._watts), seconds, n, (n - 1) / seconds if seconds > 0 else None)
+
+
+class SampledMeter:
+    """Base of meters that read watts (`_watts()`) every `interval_s` and integrate them."""
+
+    interval_s: float
+
+    def _watts(self) -> float:
+        raise NotImplementedError
+
+    def start(self) -> None:
+        self._sampler = PowerSampler(self._watts, self.interval_s)
+        self._sampler.start()
+
+    def stop(self) -> Reading:
+        return self._sampler.stop()

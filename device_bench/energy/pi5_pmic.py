@@ -4,7 +4,7 @@ import re
 import subprocess
 from collections.abc import Callable
 
-from device_bench.energy.meter import PowerSampler, Reading
+from device_bench.energy.meter import SampledMeter
 from device_bench.errors import first_line
 
 COMMAND = ["vcgencmd", "pmic_read_adc"]
@@ -28,7 +28,7 @@ def rail_watts(text: str) -> dict[str, float]:
     return {rail: a * volts[rail] for rail, a in amps.items() if rail in volts}
 
 
-class Pi5PmicMeter:
+class Pi5PmicMeter(SampledMeter):
     """Sample the PMIC rails every `interval_s` in a background thread and integrate their power sum.
 
     The rails feed the SoC, memory and on-board supplies, not USB devices or the 5 V input's
@@ -43,7 +43,6 @@ class Pi5PmicMeter:
         self.runner = runner
         self.interval_s = interval_s
         self._rails = 0
-        self._sampler: PowerSampler | None = None
 
     @property
     def source(self) -> str:
@@ -67,10 +66,3 @@ class Pi5PmicMeter:
 
     def _watts(self) -> float:
         return sum(rail_watts(self.runner(COMMAND)).values())
-
-    def start(self) -> None:
-        self._sampler = PowerSampler(self._watts, self.interval_s)
-        self._sampler.start()
-
-    def stop(self) -> Reading:
-        return self._sampler.stop()
