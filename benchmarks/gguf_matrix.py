@@ -35,7 +35,7 @@ def main() -> None:
     compressed = copy.copy(dense)
     compressed.model = copy.deepcopy(dense.model)
     plan = REGISTRY[args.model].demo_plan if args.model in REGISTRY else REGISTRY[DEFAULT_MODEL].demo_plan
-    compress_(compressed.model, compressed.family, plan)
+    compress_(compressed.model, compressed.family, plan, tokenizer=compressed.tokenizer)
     rows, results = [], []
     for name, loaded in (("dense", dense), ("compressed", compressed)):
         for kind in args.types.split(","):

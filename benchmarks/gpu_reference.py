@@ -40,7 +40,7 @@ def main() -> None:
     dense = load_model(args.gguf) if args.gguf else load_model(DEFAULT_MODEL)
     dense.name = DEFAULT_MODEL
     save_compressed(dense, {}, out / "dense")  # same loader path for both variants
-    compress_(dense.model, dense.family, plan)
+    compress_(dense.model, dense.family, plan, tokenizer=dense.tokenizer)
     save_compressed(dense, plan, out / "compressed")
     rows = []
     for variant in ("dense", "compressed"):

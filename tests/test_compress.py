@@ -120,6 +120,17 @@ def test_mlp_parameters_reduced_by_the_stated_ratio(tiny, ratio):
     assert all(isinstance(m, LowRankLinear) for m in factorized_modules(tiny.model).values())
 
 
+def test_attention_projections_compressed_and_model_still_runs(tiny):
+    before = count_parameters(tiny.model)
+    compress_(tiny.model, tiny.family, {"attention": "svd:ratio=2"})
+    after = count_parameters(tiny.model)
+    assert after["mlp"] == before["mlp"]
+    assert 2 <= before["attention"]["params"] / after["attention"]["params"] <= 2.2
+    ids = torch.randint(0, 1000, (1, 8), generator=torch.Generator().manual_seed(0))
+    with torch.inference_mode():
+        assert torch.isfinite(tiny.model(ids).logits).all()
+
+
 def test_outputs_close_for_generous_ranks_and_error_shrinks(tiny):
     ids = torch.randint(0, 50257, (1, 12), generator=torch.Generator().manual_seed(0))
     with torch.inference_mode():

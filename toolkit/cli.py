@@ -30,6 +30,7 @@ def add_json(p: argparse.ArgumentParser) -> None:
 def add_plan(p: argparse.ArgumentParser) -> None:
     p.add_argument("--embedding", metavar="SPEC", help="embedding method, e.g. tt:ratio=4 or tt:rank=8")
     p.add_argument("--mlp", metavar="SPEC", help="MLP linears method, e.g. svd:ratio=1.5 or svd:rank=128")
+    p.add_argument("--attention", metavar="SPEC", help="attention projections method, e.g. svd:ratio=1.5")
 
 
 def add_eval_window(p: argparse.ArgumentParser, max_tokens: int | None) -> None:
@@ -40,7 +41,7 @@ def add_eval_window(p: argparse.ArgumentParser, max_tokens: int | None) -> None:
 
 
 def plan_of(args: argparse.Namespace) -> dict[str, str]:
-    return {target: spec for target in ("embedding", "mlp") if (spec := getattr(args, target, None))}
+    return {target: spec for target in ("embedding", "mlp", "attention") if (spec := getattr(args, target, None))}
 
 
 def build_parser() -> argparse.ArgumentParser:

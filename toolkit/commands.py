@@ -85,11 +85,11 @@ def compress(args: argparse.Namespace) -> dict:
 
     plan = plan_of(args)
     if not plan:
-        raise TensoredgeError("nothing to compress: give --embedding SPEC and/or --mlp SPEC, e.g. --mlp svd:ratio=1.5")
+        raise TensoredgeError("nothing to compress: give --embedding, --mlp and/or --attention SPEC, e.g. --mlp svd:ratio=1.5")
     loaded = open_model(args.model)
     before = count_parameters(loaded.model)
     start = time.time()
-    compress_(loaded.model, loaded.family, plan, progress=say)
+    compress_(loaded.model, loaded.family, plan, tokenizer=loaded.tokenizer, progress=say)
     seconds = time.time() - start
     after = count_parameters(loaded.model)
     save_compressed(loaded, plan, args.out)

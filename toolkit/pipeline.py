@@ -59,7 +59,7 @@ def run_pipeline(args: argparse.Namespace) -> dict:
     compressed.model = copy.deepcopy(dense.model)
     say(f"compressing with {plan}")
     t0 = time.time()
-    compress_(compressed.model, compressed.family, plan)
+    compress_(compressed.model, compressed.family, plan, tokenizer=compressed.tokenizer)
     compress_s = time.time() - t0
     save_compressed(compressed, plan, out / "compressed")
 

@@ -1,6 +1,6 @@
 """Compression: `compress_(model, plan)` swaps layers for factorized modules in place.
 
-A plan maps targets ("embedding", "mlp") to method specs ("tt:ratio=4", "svd:ratio=1.5").
+A plan maps targets ("embedding", "mlp", "attention") to method specs ("tt:ratio=4", "svd:ratio=1.5").
 Each method is one file registered in `registry.METHODS`.
 """
 
@@ -9,6 +9,7 @@ from __future__ import annotations
 import torch.nn as nn
 
 from toolkit.compress import low_rank, shared_head, tt_embedding  # noqa: F401 - registers the methods
+from toolkit.compress.context import Context
 from toolkit.compress.registry import METHODS, Factorized, get_method
 from toolkit.compress.shared_head import HEAD_POLICIES, SharedHead
 from toolkit.compress.spec import MethodSpec, parse_spec
@@ -19,8 +20,12 @@ from toolkit.errors import TensoredgeError
 Plan = dict[str, str]
 
 
-def compress_(model: nn.Module, family: str, plan: Plan, progress=None) -> None:
-    """Replace every layer named by `plan` with its factorized form, in place."""
+def compress_(model: nn.Module, family: str, plan: Plan, tokenizer=None, progress=None) -> None:
+    """Replace every layer named by `plan` with its factorized form, in place.
+
+    `tokenizer` is needed by methods that read calibration text (WikiText-2 valid).
+    """
+    ctx = Context(model, family, tokenizer)
     specs = {target: parse_spec(text) for target, text in plan.items()}
     for target, spec in specs.items():
         method = get_method(spec.method, KIND.get(target, target))
@@ -30,8 +35,12 @@ def compress_(model: nn.Module, family: str, plan: Plan, progress=None) -> None:
                                   f"{spec.method} takes {', '.join(method.params)}")
         paths = find_targets(model, family, target)
         tied = target == "embedding" and head_is_tied(model)
-        for path in paths:
-            model.set_submodule(path, method.compress(model.get_submodule(path), spec))
+        if hasattr(method, "compress_group"):
+            for path, module in method.compress_group(paths, spec, ctx).items():
+                model.set_submodule(path, module)
+        else:
+            for path in paths:
+                model.set_submodule(path, method.compress(model.get_submodule(path), spec, ctx))
         if tied:
             tie_head_(model, paths[0], str(spec.params.get("head", "shared")))
         if progress:
@@ -59,4 +68,4 @@ def rebuild_(model: nn.Module, records: dict[str, dict]) -> None:
         model.set_submodule(path, METHODS[record["method"]].rebuild(record, model))
 
 
-__all__ = ["compress_", "rebuild_", "factorized_modules", "parse_spec", "MethodSpec", "Plan", "TARGETS"]
+__all__ = ["compress_", "rebuild_", "factorized_modules", "parse_spec", "Context", "MethodSpec", "Plan", "TARGETS"]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
+from toolkit.compress.context import Context
 from toolkit.compress.registry import Factorized, register
 from toolkit.compress.spec import MethodSpec
 from toolkit.compress.targets import linear_weight
@@ -52,7 +53,7 @@ class TruncatedSVD:
     params = ("ratio", "rank")
     kinds = ("linear",)
 
-    def compress(self, module: nn.Module, spec: MethodSpec) -> LowRankLinear:
+    def compress(self, module: nn.Module, spec: MethodSpec, ctx: Context | None = None) -> LowRankLinear:
         weight, bias, layout = linear_weight(module)
         out_features, in_features = weight.shape
         ratio, rank = spec.number("ratio"), spec.number("rank")

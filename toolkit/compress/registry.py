@@ -7,6 +7,7 @@ from typing import Protocol
 import torch
 import torch.nn as nn
 
+from toolkit.compress.context import Context
 from toolkit.compress.spec import MethodSpec
 from toolkit.errors import TensoredgeError
 
@@ -29,13 +30,18 @@ class Factorized(nn.Module):
 
 
 class Method(Protocol):
-    """What a method file provides."""
+    """What a method file provides.
+
+    A method that works across layers (e.g. stacking weights of all layers) may also define
+    `compress_group(paths, spec, ctx) -> dict[path, Factorized]`; `compress_` then calls it once
+    per target instead of `compress` per layer.
+    """
 
     name: str
     kinds: tuple[str, ...]  # module kinds it accepts: "embedding", "linear"
     params: tuple[str, ...]  # the spec parameters it reads
 
-    def compress(self, module: nn.Module, spec: MethodSpec) -> Factorized: ...
+    def compress(self, module: nn.Module, spec: MethodSpec, ctx: Context) -> Factorized: ...
 
     def rebuild(self, record: dict, model: nn.Module) -> Factorized: ...
 

@@ -38,7 +38,7 @@ class SharedHeadMethod:
     params = ()
     kinds = ("head",)
 
-    def compress(self, module: nn.Module, spec) -> SharedHead:
+    def compress(self, module: nn.Module, spec, ctx=None) -> SharedHead:
         raise NotImplementedError("shared-head is set by the embedding's head= policy, not compressed directly")
 
     def rebuild(self, record: dict, model: nn.Module) -> SharedHead:

@@ -12,16 +12,20 @@ MLP = {
     "gpt2": ("transformer.h", ("mlp.c_fc", "mlp.c_proj")),
     "llama": ("model.layers", ("mlp.gate_proj", "mlp.up_proj", "mlp.down_proj")),
 }
-TARGETS = ("embedding", "mlp")
-KIND = {"embedding": "embedding", "mlp": "linear"}
+ATTENTION = {
+    "gpt2": ("transformer.h", ("attn.c_attn", "attn.c_proj")),
+    "llama": ("model.layers", ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj")),
+}
+TARGETS = ("embedding", "mlp", "attention")
+KIND = {"embedding": "embedding", "mlp": "linear", "attention": "linear"}
 
 
 def find_targets(model: nn.Module, family: str, target: str) -> list[str]:
-    """Module paths of `target` ("embedding" or "mlp") in a model of `family`."""
+    """Module paths of `target` ("embedding", "mlp" or "attention") in a model of `family`."""
     if target == "embedding":
         return [EMBEDDING[family]]
-    if target == "mlp":
-        blocks, names = MLP[family]
+    if target in ("mlp", "attention"):
+        blocks, names = (MLP if target == "mlp" else ATTENTION)[family]
         count = len(model.get_submodule(blocks))
         return [f"{blocks}.{i}.{name}" for i in range(count) for name in names]
     raise TensoredgeError(f"unknown target '{target}': choose one of {', '.join(TARGETS)}")

@@ -11,6 +11,7 @@ import math
 import torch
 import torch.nn as nn
 
+from toolkit.compress.context import Context
 from toolkit.compress.registry import Factorized, register
 from toolkit.compress.spec import MethodSpec
 from toolkit.errors import TensoredgeError
@@ -134,7 +135,7 @@ class TensorTrainEmbedding:
     params = ("ratio", "rank", "shape", "order")
     kinds = ("embedding",)
 
-    def compress(self, module: nn.Module, spec: MethodSpec) -> TTEmbedding:
+    def compress(self, module: nn.Module, spec: MethodSpec, ctx: Context | None = None) -> TTEmbedding:
         weight = module.weight.detach()
         count, dim = weight.shape
         shape = spec.params.get("shape") or tensor_shape(dim, int(spec.number("order") or 3))
