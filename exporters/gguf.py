@@ -119,14 +119,15 @@ def add_tokenizer(writer, loaded: LoadedModel) -> None:
     special.add_to_gguf(writer, quiet=True)
 
 
-def verify_gguf(path: Path, loaded: LoadedModel, weight_type: str) -> dict:
-    """Greedy-decode with llama.cpp and compare every step's logits with PyTorch's."""
+def verify_gguf(path: Path, loaded: LoadedModel, weight_type: str, lora: Path | None = None) -> dict:
+    """Greedy-decode with llama.cpp (with the LoRA GGUF `lora` applied, if given) and compare every
+    step's logits with PyTorch's."""
     from device_bench.runtimes.llama_cpp import LlamaCppRuntime
 
     generator = torch.Generator().manual_seed(0)
     prompt = torch.randint(0, loaded.model.config.vocab_size, (VERIFY_PROMPT,), generator=generator)
     runtime = LlamaCppRuntime(str(path), threads=torch.get_num_threads(), max_tokens=VERIFY_PROMPT + VERIFY_STEPS,
-                              f32_cache=True)
+                              f32_cache=True, lora_path=str(lora) if lora else None)
     got = [runtime.prefill(prompt.numpy())]
     tokens = []
     for _ in range(VERIFY_STEPS - 1):

@@ -172,3 +172,87 @@ def pipeline(args: argparse.Namespace) -> dict:
 
     return run_pipeline(args)
 
+
+
+def heal(args: argparse.Namespace) -> dict:
+    """Add TT-LoRA adapters to a (compressed) model and distil it towards its teacher."""
+    import dataclasses
+    import json
+
+    from toolkit.adapters import add_adapters_, adapter_parameters, merge_adapters_, save_adapters
+    from toolkit.adapters.heal import HealConfig
+    from toolkit.adapters.heal import heal as run_heal
+    from toolkit.adapters.tt_lora import TTLoRAConfig
+    from toolkit.checkpoint import is_compressed_dir, open_model, read_manifest, save_compressed
+    from toolkit.data import wikitext2_ids
+    from toolkit.errors import TensoredgeError
+    from toolkit.evaluate import compare
+    from toolkit.files import atomic_path
+
+    manifest = read_manifest(args.model) if is_compressed_dir(args.model) else None
+    teacher_ref = args.teacher or (manifest and manifest["base_model"])
+    if not teacher_ref:
+        raise TensoredgeError("--teacher is needed when --model is not a compressed folder (e.g. --teacher smollm2-135m)")
+    loaded, teacher = open_model(args.model), open_model(teacher_ref)
+    targets = [t for t in args.targets.split(",") if t]
+    added = add_adapters_(loaded.model, loaded.family, targets, TTLoRAConfig(args.rank, args.order, args.alpha))
+    say(f"{len(added)} TT-LoRA adapters, {adapter_parameters(loaded.model):,} trainable parameters")
+    windows, setup = evaluation_windows(loaded, args)
+    say(f"perplexity before healing ({setup['tokens']} WikiText-2 test tokens)")
+    before = compare(teacher.model, {"model": loaded.model}, windows, progress=say)
+    ids = torch_ids(wikitext2_ids(loaded.tokenizer, "valid"))
+    config = HealConfig(steps=args.steps, batch=args.batch, seq_len=args.seq_len, lr=args.lr,
+                        checkpoint_every=args.checkpoint_every)
+    out = Path(args.out)
+    training = run_heal(loaded.model, teacher.model, ids, config, out, device=args.device, progress=say)
+    loaded.model.to("cpu")
+    say("perplexity after healing")
+    after = compare(teacher.model.to("cpu"), {"model": loaded.model}, windows, progress=say)
+    save_adapters(loaded.model, out / "adapter", base=args.model)
+    result = {"model": args.model, "teacher": teacher_ref, "targets": targets,
+              "adapter": {"rank": args.rank, "order": args.order, "alpha": args.alpha,
+                          "parameters": adapter_parameters(loaded.model),
+                          "bytes_f32": 4 * adapter_parameters(loaded.model)},
+              "evaluation": setup, "before": before, "after": after, "training": training}
+    if args.merge:
+        errors = merge_adapters_(loaded.model)
+        base_name = manifest["base_model"] if manifest else loaded.name
+        plan = manifest["plan"] if manifest else {}
+        save_compressed(dataclasses.replace(loaded, name=base_name), plan, out / "merged")
+        result["merge"] = {"path": str(out / "merged"), "max_relative_error": max(errors.values(), default=0.0)}
+    with atomic_path(out / "heal.json") as tmp:
+        tmp.write_text(json.dumps(result, indent=2) + "\n")
+    rows = [[name, num(s["perplexity"], 5), num(s.get("kl"), 3), num(s.get("top1_agreement"), 3)]
+            for name, s in (("teacher", before["reference"]), ("before", before["model"]), ("after", after["model"]))]
+    print(text_table(["", "perplexity", "KL", "top-1 agree"], rows))
+    print(f"adapter saved to {out / 'adapter'}" + (f"; merged model to {out / 'merged'}" if args.merge else ""))
+    return result
+
+
+def torch_ids(ids: list[int]):
+    import torch
+
+    return torch.tensor(ids, dtype=torch.long)
+
+
+def adapter(args: argparse.Namespace) -> dict:
+    """`adapter export` (llama.cpp LoRA GGUF) and `adapter merge` (fold into the factors, save)."""
+    import dataclasses
+
+    from toolkit.adapters import load_adapters_, merge_adapters_
+    from toolkit.checkpoint import is_compressed_dir, open_model, read_manifest, save_compressed
+
+    loaded = open_model(args.model)
+    load_adapters_(loaded.model, args.adapter)
+    if args.action == "export":
+        from exporters.lora_gguf import export_lora_gguf
+
+        result = export_lora_gguf(loaded, args.out, rank=args.rank, base_gguf=args.base_gguf, progress=say)
+    else:
+        errors = merge_adapters_(loaded.model)
+        manifest = read_manifest(args.model) if is_compressed_dir(args.model) else None
+        base_name = manifest["base_model"] if manifest else loaded.name
+        save_compressed(dataclasses.replace(loaded, name=base_name), manifest["plan"] if manifest else {}, args.out)
+        result = {"path": args.out, "max_relative_error": max(errors.values(), default=0.0)}
+    print_result(result)
+    return result

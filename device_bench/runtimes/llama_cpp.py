@@ -1,5 +1,7 @@
 """llama-cpp-python runtime for GGUF files (with KV cache)."""
 
+from __future__ import annotations
+
 import numpy as np
 
 from device_bench.errors import BenchError, first_line
@@ -9,8 +11,10 @@ class LlamaCppRuntime:
     name = "llama-cpp-python"
     kv_cache = True
 
-    def __init__(self, path: str, threads: int, max_tokens: int, f32_cache: bool = False):
-        """`f32_cache` keeps the KV cache in float32 (llama.cpp's default is f16): for exact checks."""
+    def __init__(self, path: str, threads: int, max_tokens: int, f32_cache: bool = False,
+                 lora_path: str | None = None):
+        """`f32_cache` keeps the KV cache in float32 (llama.cpp's default is f16): for exact checks;
+        `lora_path` applies a LoRA adapter GGUF on top of the model."""
         try:
             import llama_cpp
         except ImportError:
@@ -26,10 +30,12 @@ class LlamaCppRuntime:
                 n_threads_batch=threads,
                 logits_all=False,
                 verbose=False,
+                lora_path=lora_path,
                 **({"type_k": llama_cpp.GGML_TYPE_F32, "type_v": llama_cpp.GGML_TYPE_F32} if f32_cache else {}),
             )
         except (ValueError, RuntimeError) as e:  # e.g. "Failed to load model from file: ..."
-            msg = f"cannot load GGUF model {path}: {first_line(e)} (is the file complete and valid GGUF?)"
+            what = f"GGUF model {path}" + (f" with LoRA {lora_path}" if lora_path else "")
+            msg = f"cannot load {what}: {first_line(e)} (is the file complete and valid GGUF for this model?)"
             raise BenchError(msg) from None
         self.vocab_size = self.llm.n_vocab()
 
