@@ -144,7 +144,7 @@ def test_lora_gguf_loads_in_llama_cpp_and_moves_logits_as_pytorch_predicts(tiny,
     randomise_(tiny.model, scale=0.3)
     base_path = tmp_path / "base.gguf"
     export_gguf(base_of(tiny), base_path, "f32")
-    result = export_lora_gguf(tiny, tmp_path / "lora.gguf", base_gguf=base_path)
+    result = export_lora_gguf(tiny, tmp_path / "lora.gguf", tolerance=1e-7, base_gguf=base_path)
     assert result["top1_agreement"] == 1.0 and result["max_relative_error"] < 1e-5
 
     prompt = np.arange(5, 21)
@@ -157,3 +157,18 @@ def test_lora_gguf_loads_in_llama_cpp_and_moves_logits_as_pytorch_predicts(tiny,
     change, expected_change = adapted - plain, expected_adapted - expected_plain
     assert np.abs(expected_change).max() > 0.1  # the adapter matters
     np.testing.assert_allclose(change, expected_change, atol=1e-3 * np.abs(expected_adapted).max() + 1e-4)
+
+
+def test_lora_rank_follows_the_tolerance(tiny_gpt2, tmp_path):
+    from exporters.lora_gguf import base_of, export_lora_gguf
+
+    add_adapters_(tiny_gpt2.model, "gpt2", ["mlp"], TTLoRAConfig(rank=2))
+    randomise_(tiny_gpt2.model, scale=0.1)
+    base = tmp_path / "base.gguf"
+    from exporters.gguf import export_gguf
+
+    export_gguf(base_of(tiny_gpt2), base, "f32")
+    loose = export_lora_gguf(tiny_gpt2, tmp_path / "loose.gguf", tolerance=0.1, base_gguf=base)
+    tight = export_lora_gguf(tiny_gpt2, tmp_path / "tight.gguf", tolerance=0.001, base_gguf=base)
+    assert loose["rank"] < tight["rank"] and loose["file_bytes"] < tight["file_bytes"]
+    assert loose["max_relative_error"] <= 0.1 and tight["max_relative_error"] <= 0.001

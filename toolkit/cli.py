@@ -110,7 +110,9 @@ def build_parser() -> argparse.ArgumentParser:
     add_model(p)
     p.add_argument("--adapter", required=True, help="adapter folder written by `tensoredge heal` (OUT/adapter)")
     p.add_argument("--out", required=True, help="LoRA .gguf to write (export) or model folder (merge)")
-    p.add_argument("--rank", type=int, help="LoRA rank in the GGUF (default: the update's numerical rank)")
+    p.add_argument("--rank", type=int, help="LoRA rank in the GGUF (default: the smallest within --tolerance)")
+    p.add_argument("--tolerance", type=float, default=0.01,
+                   help="largest relative error of any update at the chosen rank (default: %(default)s)")
     p.add_argument("--base-gguf", help="the base model's GGUF to check the adapter on (default: write one)")
     add_json(p)
 

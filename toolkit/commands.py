@@ -247,7 +247,8 @@ def adapter(args: argparse.Namespace) -> dict:
     if args.action == "export":
         from exporters.lora_gguf import export_lora_gguf
 
-        result = export_lora_gguf(loaded, args.out, rank=args.rank, base_gguf=args.base_gguf, progress=say)
+        result = export_lora_gguf(loaded, args.out, rank=args.rank, tolerance=args.tolerance,
+                                  base_gguf=args.base_gguf, progress=say)
     else:
         errors = merge_adapters_(loaded.model)
         manifest = read_manifest(args.model) if is_compressed_dir(args.model) else None
