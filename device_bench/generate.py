@@ -103,8 +103,10 @@ class TextStream:
 
 def generate_text(export: str | Path, prompt: str, max_new_tokens: int = 32, temperature: float = 0.0,
                   top_k: int = 0, top_p: float = 1.0, seed: int = 0, threads: int | None = None,
-                  out: TextIO | None = sys.stdout) -> dict:
-    """Stream a continuation of `prompt` to `out`; return the prompt, completion, tokens and speed."""
+                  out: TextIO | None = None, quiet: bool = False) -> dict:
+    """Stream a continuation of `prompt` to `out` (default stdout; nothing if quiet); return the
+    prompt, completion, tokens and speed."""
+    out = None if quiet else out or sys.stdout
     for name, value, ok in (("max_new_tokens", max_new_tokens, max_new_tokens >= 1),
                             ("temperature", temperature, temperature >= 0),
                             ("top_k", top_k, top_k >= 0), ("top_p", top_p, 0 < top_p <= 1)):

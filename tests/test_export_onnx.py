@@ -1,57 +1,123 @@
-"""ONNX export: factors kept, parity with PyTorch checked before writing, nothing half-written."""
+"""ONNX export: KV cache, factors kept, parity with PyTorch checked before writing, nothing half-written."""
 
 from __future__ import annotations
 
+import copy
+
 import numpy as np
 import onnx
-import onnxruntime as ort
 import pytest
 import torch
 
-from exporters.onnx import check_factors_kept, export_onnx, graph_weight_bytes
+from device_bench.generate import generate_ids
+from device_bench.onnx_lm import OnnxCausalLM
+from exporters.onnx import export_onnx
+from exporters.onnx_graph import check_elements_kept, check_factors_kept, graph_weight_bytes
+from exporters.onnx_parity import cached_logits, torch_greedy
 from toolkit.compress import compress_
 from toolkit.counting import count_parameters
 from toolkit.errors import TensoredgeError
 
-
-def run_onnx(path, ids: np.ndarray) -> np.ndarray:
-    return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(["logits"], {"input_ids": ids})[0]
+PLANS = {"dense": {}, "compressed": {"embedding": "tt:ratio=4", "mlp": "svd:ratio=2"}}
 
 
-@pytest.mark.parametrize("plan", [{}, {"embedding": "tt:ratio=4", "mlp": "svd:ratio=2"}], ids=["dense", "compressed"])
-def test_export_matches_pytorch_and_keeps_factors(tiny, plan, tmp_path):
+def torch_logits(model, ids: np.ndarray) -> np.ndarray:
+    with torch.inference_mode():
+        return model(torch.from_numpy(ids), use_cache=False).logits.numpy()
+
+
+@pytest.mark.parametrize("plan", PLANS.values(), ids=PLANS.keys())
+def test_cached_export_matches_pytorch_and_keeps_factors(tiny, plan, tmp_path):
     if plan:
         compress_(tiny.model, tiny.family, plan)
-    path = tmp_path / "m.onnx"
-    result = export_onnx(tiny, path)
+    result = export_onnx(tiny, tmp_path / "e")
     params = count_parameters(tiny.model)["total"]["bytes"]
-    weights = graph_weight_bytes(onnx.load(str(path)))
-    assert params * 0.98 <= weights <= params * 1.01 == result["model_param_bytes"] * 1.01
+    weights = graph_weight_bytes(onnx.load(str(tmp_path / "e" / "model.onnx")))
+    assert params * 0.98 <= weights <= params * 1.01 and result["model_param_bytes"] == params
+    assert result["files"]["fp32"]["parity"]["greedy_tokens_equal"] == 32
+    lm = OnnxCausalLM(tmp_path / "e")
+    assert lm.kv_cache and lm.layers == tiny.model.config.num_hidden_layers
+    names = [i.name for i in lm.session.get_inputs()]
+    assert names[:4] == ["input_ids", "attention_mask", "position_ids", "past_key_values.0.key"]
     ids = np.random.default_rng(3).integers(0, 50257, size=(3, 23), dtype=np.int64)
-    with torch.inference_mode():
-        expected = tiny.model(torch.from_numpy(ids)).logits.numpy()
-    np.testing.assert_allclose(run_onnx(path, ids), expected, atol=1e-4, rtol=1e-4)
-    meta = {p.key: p.value for p in onnx.load(str(path)).metadata_props}
-    assert meta["vocab_size"] == "50257"
+    expected = torch_logits(tiny.model, ids)
+    np.testing.assert_allclose(lm.logits(ids), expected, atol=1e-4, rtol=1e-4)  # prefill, batch 3
+    np.testing.assert_allclose(cached_logits(lm, ids, 15), expected, atol=1e-4, rtol=1e-4)  # then one at a time
+    assert lm.meta["vocab_size"] == "50257"
+    for name in ("config.json", "tokenizer.json", "export.json"):
+        assert (tmp_path / "e" / name).is_file()
+
+
+def test_generate_gives_pytorch_greedy_tokens(tiny_llama, tmp_path):
+    compress_(tiny_llama.model, "llama", {"mlp": "svd:ratio=2"})
+    export_onnx(tiny_llama, tmp_path / "e")
+    prompt = np.array(tiny_llama.tokenizer("The tensor train")["input_ids"])
+    ours = list(generate_ids(OnnxCausalLM(tmp_path / "e"), prompt, 20))
+    assert ours == torch_greedy(tiny_llama.model, prompt, 20)
 
 
 def test_compressed_graph_is_smaller_than_dense(tiny_gpt2, tmp_path):
-    export_onnx(tiny_gpt2, tmp_path / "dense.onnx")
+    dense = export_onnx(tiny_gpt2, tmp_path / "dense")["file_bytes"]
     compress_(tiny_gpt2.model, "gpt2", {"embedding": "tt:ratio=4", "mlp": "svd:ratio=2"})
-    export_onnx(tiny_gpt2, tmp_path / "small.onnx")
-    assert (tmp_path / "small.onnx").stat().st_size < 0.4 * (tmp_path / "dense.onnx").stat().st_size
+    assert export_onnx(tiny_gpt2, tmp_path / "small")["file_bytes"] < 0.4 * dense
 
 
 def test_a_re_densified_graph_is_refused(tiny_gpt2, tmp_path):
     """Export the dense model, then claim it is the compressed one: the byte check must refuse it."""
-    export_onnx(tiny_gpt2, tmp_path / "dense.onnx")
-    compressed = __import__("copy").deepcopy(tiny_gpt2.model)
+    export_onnx(tiny_gpt2, tmp_path / "dense", precisions=("int8",))
+    compressed = copy.deepcopy(tiny_gpt2.model)
     compress_(compressed, "gpt2", {"embedding": "tt:ratio=4"})
+    counts = count_parameters(compressed)["total"]
     with pytest.raises(TensoredgeError, match="re-densified"):
-        check_factors_kept(onnx.load(str(tmp_path / "dense.onnx")), count_parameters(compressed)["total"]["bytes"])
+        check_factors_kept(onnx.load(str(tmp_path / "dense" / "model.onnx")), counts["bytes"])
+    with pytest.raises(TensoredgeError, match="re-densified"):  # int8 graphs are checked by element count
+        check_elements_kept(onnx.load(str(tmp_path / "dense" / "model_int8.onnx")), counts["params"])
+
+
+def test_constant_folding_re_densifies_and_is_caught(tiny_gpt2, tmp_path):
+    """What the check exists for: onnxruntime's own optimiser folds the tied TT head into a dense table."""
+    import onnxruntime as ort
+
+    compress_(tiny_gpt2.model, "gpt2", {"embedding": "tt:ratio=4"})
+    export_onnx(tiny_gpt2, tmp_path / "e")
+    opts = ort.SessionOptions()
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC  # includes constant folding
+    opts.optimized_model_filepath = str(tmp_path / "folded.onnx")
+    ort.InferenceSession(str(tmp_path / "e" / "model.onnx"), opts, providers=["CPUExecutionProvider"])
+    with pytest.raises(TensoredgeError, match="re-densified"):
+        check_factors_kept(onnx.load(str(tmp_path / "folded.onnx")), count_parameters(tiny_gpt2.model)["total"]["bytes"])
 
 
 def test_parity_failure_writes_nothing(tiny_gpt2, tmp_path):
     with pytest.raises(TensoredgeError, match="differ from PyTorch"):
-        export_onnx(tiny_gpt2, tmp_path / "m.onnx", atol=0.0, rtol=0.0)
+        export_onnx(tiny_gpt2, tmp_path / "m", atol=0.0, rtol=0.0)
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("plan", PLANS.values(), ids=PLANS.keys())
+def test_int8_fp16_and_ort_format(tiny_gpt2, plan, tmp_path):
+    if plan:
+        compress_(tiny_gpt2.model, "gpt2", plan)
+    result = export_onnx(tiny_gpt2, tmp_path / "e", precisions=("int8", "fp16"), ort_format=True)
+    files = result["files"]
+    quantized = files["int8"]["quantized"]
+    assert quantized["MatMulInteger"] >= 9 and quantized["fp32_weight_matmuls"] == 0  # every linear, both factors
+    assert files["fp16"]["graph_weight_bytes"] < 0.55 * files["fp32"]["graph_weight_bytes"]
+    if not plan:  # TT cores are gathered by an index op the quantizer leaves fp32; dense tables shrink 4x
+        assert files["int8"]["graph_weight_bytes"] < 0.3 * files["fp32"]["graph_weight_bytes"]
+    ids = np.random.default_rng(0).integers(0, 50257, size=(1, 12), dtype=np.int64)
+    expected = torch_logits(tiny_gpt2.model, ids)
+    for name in ("model_int8.onnx", "model_fp16.onnx", "model.ort", "model_int8.ort", "model_fp16.ort"):
+        lm = OnnxCausalLM(tmp_path / "e" / name)
+        got = lm.logits(ids)
+        assert got.dtype == np.float32 and got.shape == expected.shape
+        assert np.linalg.norm(got - expected) / np.linalg.norm(expected) < 0.15
+        assert list(generate_ids(lm, ids[0], 3))  # the cached decode runs
+    np.testing.assert_allclose(OnnxCausalLM(tmp_path / "e" / "model.ort").logits(ids), expected, atol=1e-4, rtol=1e-4)
+    config = (tmp_path / "e" / "required_operators.config").read_text()
+    assert "MatMulInteger" in config and "MatMul" in config
+
+
+def test_unknown_precision_is_one_line(tiny_gpt2, tmp_path):
+    with pytest.raises(TensoredgeError, match="unknown precision"):
+        export_onnx(tiny_gpt2, tmp_path / "e", precisions=("int4",))
