@@ -19,6 +19,19 @@ from toolkit.counting import count_parameters
 from toolkit.errors import TensoredgeError
 
 PLANS = {"dense": {}, "compressed": {"embedding": "tt:ratio=4", "mlp": "svd:ratio=2"}}
+_EXPORTS: dict = {}  # (model, plan) -> (loaded, export dir, result): each export is made once per session
+
+
+def exported(loaded, plan_name: str, tmp_path_factory):
+    """`loaded` compressed with PLANS[plan_name] and exported (GPT-2 with int8, fp16 and .ort as well)."""
+    key = (loaded.name, plan_name)
+    if key not in _EXPORTS:
+        if PLANS[plan_name]:
+            compress_(loaded.model, loaded.family, PLANS[plan_name])
+        out = tmp_path_factory.mktemp("onnx") / f"{loaded.name}-{plan_name}"
+        extra = dict(precisions=("int8", "fp16"), ort_format=True) if loaded.family == "gpt2" else {}
+        _EXPORTS[key] = (loaded, out, export_onnx(loaded, out, **extra))
+    return _EXPORTS[key]
 
 
 def torch_logits(model, ids: np.ndarray) -> np.ndarray:
@@ -26,16 +39,14 @@ def torch_logits(model, ids: np.ndarray) -> np.ndarray:
         return model(torch.from_numpy(ids), use_cache=False).logits.numpy()
 
 
-@pytest.mark.parametrize("plan", PLANS.values(), ids=PLANS.keys())
-def test_cached_export_matches_pytorch_and_keeps_factors(tiny, plan, tmp_path):
-    if plan:
-        compress_(tiny.model, tiny.family, plan)
-    result = export_onnx(tiny, tmp_path / "e")
+@pytest.mark.parametrize("plan", PLANS)
+def test_cached_export_matches_pytorch_and_keeps_factors(tiny, plan, tmp_path_factory):
+    tiny, folder, result = exported(tiny, plan, tmp_path_factory)
     params = count_parameters(tiny.model)["total"]["bytes"]
-    weights = graph_weight_bytes(onnx.load(str(tmp_path / "e" / "model.onnx")))
+    weights = graph_weight_bytes(onnx.load(str(folder / "model.onnx")))
     assert params * 0.98 <= weights <= params * 1.01 and result["model_param_bytes"] == params
     assert result["files"]["fp32"]["parity"]["greedy_tokens_equal"] == 32
-    lm = OnnxCausalLM(tmp_path / "e")
+    lm = OnnxCausalLM(folder)
     assert lm.kv_cache and lm.layers == tiny.model.config.num_hidden_layers
     names = [i.name for i in lm.session.get_inputs()]
     assert names[:4] == ["input_ids", "attention_mask", "position_ids", "past_key_values.0.key"]
@@ -45,47 +56,44 @@ def test_cached_export_matches_pytorch_and_keeps_factors(tiny, plan, tmp_path):
     np.testing.assert_allclose(cached_logits(lm, ids, 15), expected, atol=1e-4, rtol=1e-4)  # then one at a time
     assert lm.meta["vocab_size"] == "50257"
     for name in ("config.json", "tokenizer.json", "export.json"):
-        assert (tmp_path / "e" / name).is_file()
+        assert (folder / name).is_file()
 
 
-def test_generate_gives_pytorch_greedy_tokens(tiny_llama, tmp_path):
-    compress_(tiny_llama.model, "llama", {"mlp": "svd:ratio=2"})
-    export_onnx(tiny_llama, tmp_path / "e")
+def test_generate_gives_pytorch_greedy_tokens(tiny_llama, tmp_path_factory):
+    tiny_llama, folder, _ = exported(tiny_llama, "compressed", tmp_path_factory)
     prompt = np.array(tiny_llama.tokenizer("The tensor train")["input_ids"])
-    ours = list(generate_ids(OnnxCausalLM(tmp_path / "e"), prompt, 20))
+    ours = list(generate_ids(OnnxCausalLM(folder), prompt, 20))
     assert ours == torch_greedy(tiny_llama.model, prompt, 20)
 
 
-def test_compressed_graph_is_smaller_than_dense(tiny_gpt2, tmp_path):
-    dense = export_onnx(tiny_gpt2, tmp_path / "dense")["file_bytes"]
-    compress_(tiny_gpt2.model, "gpt2", {"embedding": "tt:ratio=4", "mlp": "svd:ratio=2"})
-    assert export_onnx(tiny_gpt2, tmp_path / "small")["file_bytes"] < 0.4 * dense
+def test_compressed_graph_is_smaller_than_dense(tiny_gpt2, tmp_path_factory):
+    dense = exported(tiny_gpt2, "dense", tmp_path_factory)[2]["files"]["fp32"]["file_bytes"]
+    small = exported(copy.deepcopy(tiny_gpt2), "compressed", tmp_path_factory)[2]["files"]["fp32"]["file_bytes"]
+    assert small < 0.4 * dense
 
 
-def test_a_re_densified_graph_is_refused(tiny_gpt2, tmp_path):
-    """Export the dense model, then claim it is the compressed one: the byte check must refuse it."""
-    export_onnx(tiny_gpt2, tmp_path / "dense", precisions=("int8",))
-    compressed = copy.deepcopy(tiny_gpt2.model)
-    compress_(compressed, "gpt2", {"embedding": "tt:ratio=4"})
-    counts = count_parameters(compressed)["total"]
+def test_a_re_densified_graph_is_refused(tiny_gpt2, tmp_path_factory):
+    """Take the dense export, then claim it is the compressed model: the byte check must refuse it."""
+    _, folder, _ = exported(copy.deepcopy(tiny_gpt2), "dense", tmp_path_factory)
+    compress_(tiny_gpt2.model, "gpt2", {"embedding": "tt:ratio=4"})
+    counts = count_parameters(tiny_gpt2.model)["total"]
     with pytest.raises(TensoredgeError, match="re-densified"):
-        check_factors_kept(onnx.load(str(tmp_path / "dense" / "model.onnx")), counts["bytes"])
+        check_factors_kept(onnx.load(str(folder / "model.onnx")), counts["bytes"])
     with pytest.raises(TensoredgeError, match="re-densified"):  # int8 graphs are checked by element count
-        check_elements_kept(onnx.load(str(tmp_path / "dense" / "model_int8.onnx")), counts["params"])
+        check_elements_kept(onnx.load(str(folder / "model_int8.onnx")), counts["params"])
 
 
-def test_constant_folding_re_densifies_and_is_caught(tiny_gpt2, tmp_path):
+def test_constant_folding_re_densifies_and_is_caught(tiny_gpt2, tmp_path_factory, tmp_path):
     """What the check exists for: onnxruntime's own optimiser folds the tied TT head into a dense table."""
     import onnxruntime as ort
 
-    compress_(tiny_gpt2.model, "gpt2", {"embedding": "tt:ratio=4"})
-    export_onnx(tiny_gpt2, tmp_path / "e")
+    model, folder, _ = exported(tiny_gpt2, "compressed", tmp_path_factory)
     opts = ort.SessionOptions()
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC  # includes constant folding
     opts.optimized_model_filepath = str(tmp_path / "folded.onnx")
-    ort.InferenceSession(str(tmp_path / "e" / "model.onnx"), opts, providers=["CPUExecutionProvider"])
+    ort.InferenceSession(str(folder / "model.onnx"), opts, providers=["CPUExecutionProvider"])
     with pytest.raises(TensoredgeError, match="re-densified"):
-        check_factors_kept(onnx.load(str(tmp_path / "folded.onnx")), count_parameters(tiny_gpt2.model)["total"]["bytes"])
+        check_factors_kept(onnx.load(str(tmp_path / "folded.onnx")), count_parameters(model.model)["total"]["bytes"])
 
 
 def test_parity_failure_writes_nothing(tiny_gpt2, tmp_path):
@@ -94,27 +102,25 @@ def test_parity_failure_writes_nothing(tiny_gpt2, tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
-@pytest.mark.parametrize("plan", PLANS.values(), ids=PLANS.keys())
-def test_int8_fp16_and_ort_format(tiny_gpt2, plan, tmp_path):
-    if plan:
-        compress_(tiny_gpt2.model, "gpt2", plan)
-    result = export_onnx(tiny_gpt2, tmp_path / "e", precisions=("int8", "fp16"), ort_format=True)
+@pytest.mark.parametrize("plan", PLANS)
+def test_int8_fp16_and_ort_format(tiny_gpt2, plan, tmp_path_factory):
+    tiny_gpt2, folder, result = exported(tiny_gpt2, plan, tmp_path_factory)
     files = result["files"]
     quantized = files["int8"]["quantized"]
     assert quantized["MatMulInteger"] >= 9 and quantized["fp32_weight_matmuls"] == 0  # every linear, both factors
     assert files["fp16"]["graph_weight_bytes"] < 0.55 * files["fp32"]["graph_weight_bytes"]
-    if not plan:  # TT cores are gathered by an index op the quantizer leaves fp32; dense tables shrink 4x
+    if plan == "dense":  # TT cores are gathered by an index op the quantizer leaves fp32; dense tables shrink 4x
         assert files["int8"]["graph_weight_bytes"] < 0.3 * files["fp32"]["graph_weight_bytes"]
     ids = np.random.default_rng(0).integers(0, 50257, size=(1, 12), dtype=np.int64)
     expected = torch_logits(tiny_gpt2.model, ids)
     for name in ("model_int8.onnx", "model_fp16.onnx", "model.ort", "model_int8.ort", "model_fp16.ort"):
-        lm = OnnxCausalLM(tmp_path / "e" / name)
+        lm = OnnxCausalLM(folder / name)
         got = lm.logits(ids)
         assert got.dtype == np.float32 and got.shape == expected.shape
         assert np.linalg.norm(got - expected) / np.linalg.norm(expected) < 0.15
         assert list(generate_ids(lm, ids[0], 3))  # the cached decode runs
-    np.testing.assert_allclose(OnnxCausalLM(tmp_path / "e" / "model.ort").logits(ids), expected, atol=1e-4, rtol=1e-4)
-    config = (tmp_path / "e" / "required_operators.config").read_text()
+    np.testing.assert_allclose(OnnxCausalLM(folder / "model.ort").logits(ids), expected, atol=1e-4, rtol=1e-4)
+    config = (folder / "required_operators.config").read_text()
     assert "MatMulInteger" in config and "MatMul" in config
 
 
