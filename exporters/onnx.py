@@ -142,6 +142,9 @@ def export_onnx(
     unknown = set(precisions) - set(PRECISIONS)
     if unknown:
         raise TensoredgeError(f"unknown precision {sorted(unknown)}: choose from {', '.join(PRECISIONS)}")
+    if Path(out_dir).exists() and not Path(out_dir).is_dir():
+        raise TensoredgeError(f"{out_dir} is a file: `export onnx --out` takes a directory (model.onnx, config, "
+                              "tokenizer are written inside); give a new or existing directory")
     model, vocab = loaded.model, loaded.model.config.vocab_size
     counts = count_parameters(model)["total"]
     result = {"format": FORMAT, "path": str(out_dir), "model": loaded.name, "family": loaded.family,

@@ -127,3 +127,10 @@ def test_int8_fp16_and_ort_format(tiny_gpt2, plan, tmp_path_factory):
 def test_unknown_precision_is_one_line(tiny_gpt2, tmp_path):
     with pytest.raises(TensoredgeError, match="unknown precision"):
         export_onnx(tiny_gpt2, tmp_path / "e", precisions=("int4",))
+
+
+def test_out_must_be_a_directory(tiny_gpt2, tmp_path):
+    (tmp_path / "m.onnx").write_bytes(b"old")
+    with pytest.raises(TensoredgeError, match="takes a directory"):
+        export_onnx(tiny_gpt2, tmp_path / "m.onnx")
+    assert (tmp_path / "m.onnx").read_bytes() == b"old"
