@@ -138,6 +138,8 @@ def main() -> None:
                                                                 "check on smollm2-135m (0: skip)")
     p.add_argument("--work", default="/tmp/tensoredge-onnx-decode", help="scratch folder for the model files")
     p.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "onnx"))
+    p.add_argument("--reuse", action="store_true", help="resume an interrupted run: keep the model files and "
+                                                         "bench results already in --work, make/bench the rest")
     args = p.parse_args()
     plan = json.loads(args.plan)
     work, out = Path(args.work), Path(args.out)
@@ -155,31 +157,37 @@ def main() -> None:
     bandwidth = read_bandwidth(args.threads)
     say(f"memory read bandwidth {bandwidth['gb_per_s']:.1f} GB/s ({bandwidth['method']})")
 
-    dense = load_model("gpt2-124m-random")
-    compressed = copy.copy(dense)
-    compressed.model = copy.deepcopy(dense.model)
-    compress_(compressed.model, compressed.family, plan, progress=say)
-    files = {}
-    say("Optimum export (dense fp32)")
-    files["optimum ORT fp32"] = (optimum_export(dense, work), "onnx", 4)
-    for name, loaded in (("dense", dense), ("compressed", compressed)):
-        say(f"tensoredge export {name} (fp32 + int8)")
-        result = export_onnx(loaded, work / f"ours-{name}", precisions=("int8",), progress=say)
+    files = {"optimum ORT fp32": (work / "optimum" / "model.onnx", "onnx", 4)}
+    for name in ("dense", "compressed"):
         files[f"ours {name} ORT fp32"] = (work / f"ours-{name}" / "model.onnx", "onnx", 4)
         files[f"ours {name} ORT int8"] = (work / f"ours-{name}" / "model_int8.onnx", "onnx", 4)
-        (work / f"export-{name}.json").write_text(json.dumps(result, indent=1))
     for weight_type in ("f32", "q8_0"):
-        say(f"GGUF {weight_type}")
-        path = work / f"dense-{weight_type}.gguf"
-        export_gguf(dense, path, weight_type=weight_type, progress=say)
-        files[f"llama.cpp {weight_type.upper()}"] = (path, "gguf", 2)  # llama.cpp's KV cache is f16
+        files[f"llama.cpp {weight_type.upper()}"] = (work / f"dense-{weight_type}.gguf", "gguf", 2)  # f16 KV cache
+    if not (args.reuse and all(path.is_file() for path, _, _ in files.values())):
+        dense = load_model("gpt2-124m-random")
+        compressed = copy.copy(dense)
+        compressed.model = copy.deepcopy(dense.model)
+        compress_(compressed.model, compressed.family, plan, progress=say)
+        say("Optimum export (dense fp32)")
+        optimum_export(dense, work)
+        for name, loaded in (("dense", dense), ("compressed", compressed)):
+            say(f"tensoredge export {name} (fp32 + int8)")
+            result = export_onnx(loaded, work / f"ours-{name}", precisions=("int8",), progress=say)
+            (work / f"export-{name}.json").write_text(json.dumps(result, indent=1))
+        for weight_type in ("f32", "q8_0"):
+            say(f"GGUF {weight_type}")
+            export_gguf(dense, work / f"dense-{weight_type}.gguf", weight_type=weight_type, progress=say)
+    from transformers import AutoConfig
+
+    config = AutoConfig.from_pretrained(str(REPO / "models" / "assets" / "gpt2"))  # GPT-2-124M's shapes
 
     context = args.prompt_tokens + args.decode_tokens / 2
     rows, results = [], {}
     for label, (path, kind, kv_element) in files.items():
-        r = bench(path, work / f"bench-{label.replace(' ', '_')}.json", args)
+        done = work / f"bench-{label.replace(' ', '_')}.json"
+        r = json.loads(done.read_text()) if args.reuse and done.is_file() else bench(path, done, args)
         weights = onnx_weight_bytes(path) if kind == "onnx" else path.stat().st_size
-        per_token = weights + kv_bytes_per_token(dense.model.config, context, kv_element)
+        per_token = weights + kv_bytes_per_token(config, context, kv_element)
         tok_s = r["decode_tokens_per_s"]["median"]
         results[label] = {"file": str(path), "file_bytes": path.stat().st_size, "weight_bytes": weights,
                           "bytes_per_token_estimate": per_token,

@@ -113,6 +113,17 @@ def write_metadata(proto, loaded: LoadedModel) -> None:
         proto.metadata_props.add(key=key, value=str(value))
 
 
+def tied_table_elements(model: torch.nn.Module) -> int:
+    """Elements of a dense embedding tied to the LM head, which the int8 file stores twice.
+
+    MatMulNBits packs the head's copy into its own 8-bit blocks; the lookup (Gather) keeps a
+    separate 8-bit table. A factorized (TT) embedding has no dense table, so nothing is allowed.
+    """
+    embedding = model.get_input_embeddings()
+    tied = getattr(model.config, "tie_word_embeddings", False)
+    return embedding.weight.numel() if tied and isinstance(embedding, torch.nn.Embedding) else 0
+
+
 def open_lm(path: Path) -> OnnxCausalLM:
     try:
         return OnnxCausalLM(path)
@@ -171,9 +182,11 @@ def export_onnx(
             say(f"{precision}: converting and checking against PyTorch")
             (quantize_int8 if precision == "int8" else convert_fp16)(fp32, path)
             variant = onnx.load(str(path))
+            twice = tied_table_elements(model) if precision == "int8" else 0
             entry = {"file": path.name, "file_bytes": path.stat().st_size,
                      "graph_weight_bytes": graph_weight_bytes(variant),
-                     "graph_weight_elements": check_elements_kept(variant, counts["params"]),
+                     "graph_weight_elements": check_elements_kept(variant, counts["params"] + twice),
+                     "tied_table_stored_twice": twice,
                      "limits": LIMITS[precision],
                      "agreement": check_agreement(open_lm(path), model, vocab, LIMITS[precision], precision)}
             if precision == "int8":

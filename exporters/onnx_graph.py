@@ -8,7 +8,7 @@ from onnx import ModelProto, helper, numpy_helper
 from toolkit.errors import TensoredgeError
 
 WEIGHT_SLACK = 1.01  # graph weights may exceed the model's by 1% (small constants) before we refuse
-QUANT_PARAMS = ("_scale", "_zero_point")  # initializers onnxruntime.quantization adds beside each weight
+QUANT_PARAMS = ("_scale", "_scales", "_zero_point")  # what onnxruntime.quantization adds beside each weight
 
 
 def weight_tensors(model_proto: ModelProto) -> list:

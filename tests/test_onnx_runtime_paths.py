@@ -107,7 +107,7 @@ def test_bench_decodes_with_the_kv_cache(export_dir):
     assert r["model_bytes"] == (export_dir / "model.onnx").stat().st_size
     assert r["generated_tokens"] == run_bench("torch:tiny-gpt2", **args)["generated_tokens"]
     int8 = run_bench(str(export_dir / "model_int8.onnx"), **args)
-    assert int8["kv_cache"] and int8["model_bytes"] < 0.4 * r["model_bytes"]
+    assert int8["kv_cache"] and int8["model_bytes"] < 0.6 * r["model_bytes"]
 
 
 def test_eval_through_onnx_runtime_matches_pytorch_eval(export_dir, tmp_path):
