@@ -111,10 +111,17 @@ def perplexities(plan: dict, tokens: int, work: Path) -> dict:
     compressed = copy.copy(dense)
     compressed.model = copy.deepcopy(dense.model)
     compress_(compressed.model, compressed.family, plan, tokenizer=compressed.tokenizer, progress=say)
-    candidates = {}
+    from toolkit.errors import TensoredgeError
+
+    candidates, refused = {}, {}
     for name, loaded in (("dense", dense), ("compressed", compressed)):
         say(f"smollm2-135m {name}: ONNX export (fp32 + int8)")
-        export_onnx(loaded, work / f"smollm2-{name}", precisions=("int8",), progress=say)
+        try:
+            export_onnx(loaded, work / f"smollm2-{name}", precisions=("int8",), progress=say)
+        except TensoredgeError as e:  # a gate refused it: report that instead of a perplexity
+            refused[name] = str(e)
+            say(f"smollm2-135m {name}: export refused: {e}")
+            continue
         for precision, file in (("fp32", "model.onnx"), ("int8", "model_int8.onnx")):
             if (name, precision) != ("dense", "fp32"):
                 candidates[f"{name} {precision} (ORT)"] = OnnxModel(str(work / f"smollm2-{name}" / file)).model
@@ -124,7 +131,7 @@ def perplexities(plan: dict, tokens: int, work: Path) -> dict:
     scores = compare(dense.model, candidates, windows, progress=say)
     scores["dense fp32 (PyTorch)"] = scores.pop("reference")
     return {"model": "smollm2-135m", "plan": plan, "tokens": tokens, "context": context, "stride": context // 2,
-            "scores": scores}
+            "scores": scores, "refused": refused}
 
 
 def main() -> None:
@@ -213,7 +220,8 @@ def main() -> None:
         base = quality["scores"]["dense fp32 (PyTorch)"]["perplexity"]
         text += (f"\nsmollm2-135m, WikiText-2 test first {quality['tokens']} tokens (ctx {quality['context']}, "
                  f"stride {quality['stride']}), dense perplexity {base:.3f}; same plan, through ONNX Runtime:\n"
-                 + text_table(["model", "perplexity", "KL vs dense", "top-1 agree"], qrows) + "\n")
+                 + text_table(["model", "perplexity", "KL vs dense", "top-1 agree"], qrows) + "\n"
+                 + "".join(f"{name}: export refused: {why}\n" for name, why in quality["refused"].items()))
     print(text)
     summary = {"schema": "tensoredge.onnx-decode/1", "timestamp": datetime.now(timezone.utc).isoformat(timespec="seconds"),
                "command": " ".join(sys.argv), "machine": machine, "load_average_before": load,
