@@ -17,6 +17,7 @@ from device_bench.energy.meter import Meter, Reading
 from device_bench.errors import BenchError, first_line
 from device_bench.machine import machine_info
 from device_bench.memory import PeakRSS
+from device_bench.onnx_lm import model_file
 from device_bench.profiles import detect_profile, emulate as apply_emulation, get_profile
 from device_bench.runtimes import Runtime, runtime_class
 from device_bench.runtimes.torch_ref import is_torch_ref
@@ -107,7 +108,7 @@ def run_bench(
     nvml_device: int | None = None,
     memory_cap_mib: int | None = None,
 ) -> dict:
-    """Benchmark a .onnx or .gguf file on this machine; return a `tensoredge.bench/1` dict.
+    """Benchmark a .onnx/.ort/.gguf file or an ONNX export directory on this machine; return a `tensoredge.bench/1` dict.
 
     `meter` (see device_bench.energy) measures the measured repetitions only, not load or warm-up;
     "energy" gives its joules, average watts and joules_per_token, where the tokens are every
@@ -150,7 +151,8 @@ def run_bench(
         log(f"emulating {target.name}: cores {emulated['affinity']}, "
             f"memory cap {emulated['memory_cap_bytes'] / 2**20:.0f} MiB")
 
-    file_bytes = 0 if is_torch_ref(path) else os.path.getsize(path)
+    model_path = path if is_torch_ref(path) or not os.path.isdir(path) else str(model_file(path))
+    file_bytes = 0 if is_torch_ref(path) else os.path.getsize(model_path)
     with out_of_memory_errors(emulated, file_bytes), PeakRSS() as mem:
         log(f"loading {path} ({threads} threads)")
         t0 = time.perf_counter()
@@ -183,7 +185,7 @@ def run_bench(
         "timestamp": timestamp,
         "model_path": path if is_torch_ref(path) else os.path.abspath(path),
         "model_bytes": getattr(rt, "model_bytes", file_bytes),  # PyTorch: parameter bytes, no file
-        "format": "pytorch" if is_torch_ref(path) else os.path.splitext(path)[1].lower().lstrip("."),
+        "format": "pytorch" if is_torch_ref(path) else os.path.splitext(model_path)[1].lower().lstrip("."),
         "runtime": {"name": rt.name, "version": rt.version, "device": getattr(rt, "device_name", "cpu")},
         "kv_cache": rt.kv_cache,
         "threads": threads,

@@ -12,13 +12,13 @@ from device_bench.remote import add_remote_arguments, bench_argv_from, run_remot
 from device_bench.profiles import BOARDS, NAMES
 
 
-DESCRIPTION = ("Benchmark a tensoredge .onnx (onnxruntime) or .gguf (llama-cpp-python) model on this "
+DESCRIPTION = ("Benchmark a tensoredge ONNX export (onnxruntime) or .gguf (llama-cpp-python) model on this "
                "machine: load time, prefill and greedy-decode speed, latency and peak memory.")
 
 
 def add_bench_arguments(p: argparse.ArgumentParser) -> None:
     """The bench options, shared by `python -m device_bench` and `tensoredge bench`."""
-    p.add_argument("model", metavar="MODEL_FILE", help="path to a .onnx or .gguf file")
+    p.add_argument("model", metavar="MODEL_FILE", help="an ONNX export directory, a .onnx/.ort file, or a .gguf file")
     p.add_argument("--prompt-tokens", type=int, default=64, help="random prompt length (default: 64)")
     p.add_argument("--decode-tokens", type=int, default=32, help="greedy decode steps per run (default: 32)")
     p.add_argument("--threads", type=int, default=None, help="CPU threads (default: physical cores)")

@@ -122,7 +122,7 @@ def test_onnx_vocab_size_from_metadata(tmp_path):
 
 def test_unknown_suffix_and_missing_file(tmp_path):
     (tmp_path / "model.bin").write_bytes(b"\0" * 16)
-    with pytest.raises(BenchError, match=r"\.onnx or \.gguf"):
+    with pytest.raises(BenchError, match=r"\.onnx, \.ort or \.gguf"):
         open_runtime(str(tmp_path / "model.bin"), threads=1)
     with pytest.raises(BenchError, match="not found"):
         run_bench(str(tmp_path / "missing.onnx"))

@@ -1,57 +1,139 @@
-"""ONNX export: factors kept, parity with PyTorch checked before writing, nothing half-written."""
+"""ONNX export: KV cache, factors kept, parity with PyTorch checked before writing, nothing half-written."""
 
 from __future__ import annotations
 
+import copy
+
 import numpy as np
 import onnx
-import onnxruntime as ort
 import pytest
 import torch
 
-from exporters.onnx import check_factors_kept, export_onnx, graph_weight_bytes
+from device_bench.generate import generate_ids
+from device_bench.onnx_lm import OnnxCausalLM
+from exporters.onnx import export_onnx
+from exporters.onnx_graph import check_elements_kept, check_factors_kept, graph_weight_bytes
+from exporters.onnx_parity import cached_logits, torch_greedy
 from toolkit.compress import compress_
 from toolkit.counting import count_parameters
 from toolkit.errors import TensoredgeError
 
+PLANS = {"dense": {}, "compressed": {"embedding": "tt:ratio=4", "mlp": "svd:ratio=2"}}
+_EXPORTS: dict = {}  # (model, plan) -> (loaded, export dir, result): each export is made once per session
 
-def run_onnx(path, ids: np.ndarray) -> np.ndarray:
-    return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(["logits"], {"input_ids": ids})[0]
+
+def exported(loaded, plan_name: str, tmp_path_factory):
+    """`loaded` compressed with PLANS[plan_name] and exported (GPT-2 with int8, fp16 and .ort as well)."""
+    key = (loaded.name, plan_name)
+    if key not in _EXPORTS:
+        if PLANS[plan_name]:
+            compress_(loaded.model, loaded.family, PLANS[plan_name])
+        out = tmp_path_factory.mktemp("onnx") / f"{loaded.name}-{plan_name}"
+        extra = dict(precisions=("int8", "fp16"), ort_format=True) if loaded.family == "gpt2" else {}
+        _EXPORTS[key] = (loaded, out, export_onnx(loaded, out, **extra))
+    return _EXPORTS[key]
 
 
-@pytest.mark.parametrize("plan", [{}, {"embedding": "tt:ratio=4", "mlp": "svd:ratio=2"}], ids=["dense", "compressed"])
-def test_export_matches_pytorch_and_keeps_factors(tiny, plan, tmp_path):
-    if plan:
-        compress_(tiny.model, tiny.family, plan)
-    path = tmp_path / "m.onnx"
-    result = export_onnx(tiny, path)
-    params = count_parameters(tiny.model)["total"]["bytes"]
-    weights = graph_weight_bytes(onnx.load(str(path)))
-    assert params * 0.98 <= weights <= params * 1.01 == result["model_param_bytes"] * 1.01
-    ids = np.random.default_rng(3).integers(0, 50257, size=(3, 23), dtype=np.int64)
+def torch_logits(model, ids: np.ndarray) -> np.ndarray:
     with torch.inference_mode():
-        expected = tiny.model(torch.from_numpy(ids)).logits.numpy()
-    np.testing.assert_allclose(run_onnx(path, ids), expected, atol=1e-4, rtol=1e-4)
-    meta = {p.key: p.value for p in onnx.load(str(path)).metadata_props}
-    assert meta["vocab_size"] == "50257"
+        return model(torch.from_numpy(ids), use_cache=False).logits.numpy()
 
 
-def test_compressed_graph_is_smaller_than_dense(tiny_gpt2, tmp_path):
-    export_onnx(tiny_gpt2, tmp_path / "dense.onnx")
-    compress_(tiny_gpt2.model, "gpt2", {"embedding": "tt:ratio=4", "mlp": "svd:ratio=2"})
-    export_onnx(tiny_gpt2, tmp_path / "small.onnx")
-    assert (tmp_path / "small.onnx").stat().st_size < 0.4 * (tmp_path / "dense.onnx").stat().st_size
+@pytest.mark.parametrize("plan", PLANS)
+def test_cached_export_matches_pytorch_and_keeps_factors(tiny, plan, tmp_path_factory):
+    tiny, folder, result = exported(tiny, plan, tmp_path_factory)
+    params = count_parameters(tiny.model)["total"]["bytes"]
+    weights = graph_weight_bytes(onnx.load(str(folder / "model.onnx")))
+    assert params * 0.98 <= weights <= params * 1.01 and result["model_param_bytes"] == params
+    assert result["files"]["fp32"]["parity"]["greedy_tokens_equal"] == 32
+    lm = OnnxCausalLM(folder)
+    assert lm.kv_cache and lm.layers == tiny.model.config.num_hidden_layers
+    names = [i.name for i in lm.session.get_inputs()]
+    assert names[:4] == ["input_ids", "attention_mask", "position_ids", "past_key_values.0.key"]
+    ids = np.random.default_rng(3).integers(0, 50257, size=(3, 23), dtype=np.int64)
+    expected = torch_logits(tiny.model, ids)
+    np.testing.assert_allclose(lm.logits(ids), expected, atol=1e-4, rtol=1e-4)  # prefill, batch 3
+    np.testing.assert_allclose(cached_logits(lm, ids, 15), expected, atol=1e-4, rtol=1e-4)  # then one at a time
+    assert lm.meta["vocab_size"] == "50257"
+    for name in ("config.json", "tokenizer.json", "export.json"):
+        assert (folder / name).is_file()
 
 
-def test_a_re_densified_graph_is_refused(tiny_gpt2, tmp_path):
-    """Export the dense model, then claim it is the compressed one: the byte check must refuse it."""
-    export_onnx(tiny_gpt2, tmp_path / "dense.onnx")
-    compressed = __import__("copy").deepcopy(tiny_gpt2.model)
-    compress_(compressed, "gpt2", {"embedding": "tt:ratio=4"})
+def test_generate_gives_pytorch_greedy_tokens(tiny_llama, tmp_path_factory):
+    tiny_llama, folder, _ = exported(tiny_llama, "compressed", tmp_path_factory)
+    prompt = np.array(tiny_llama.tokenizer("The tensor train")["input_ids"])
+    ours = list(generate_ids(OnnxCausalLM(folder), prompt, 20))
+    assert ours == torch_greedy(tiny_llama.model, prompt, 20)
+
+
+def test_compressed_graph_is_smaller_than_dense(tiny_gpt2, tmp_path_factory):
+    dense = exported(tiny_gpt2, "dense", tmp_path_factory)[2]["files"]["fp32"]["file_bytes"]
+    small = exported(copy.deepcopy(tiny_gpt2), "compressed", tmp_path_factory)[2]["files"]["fp32"]["file_bytes"]
+    assert small < 0.4 * dense
+
+
+def test_a_re_densified_graph_is_refused(tiny_gpt2, tmp_path_factory):
+    """Take the dense export, then claim it is the compressed model: the byte check must refuse it."""
+    _, folder, _ = exported(copy.deepcopy(tiny_gpt2), "dense", tmp_path_factory)
+    compress_(tiny_gpt2.model, "gpt2", {"embedding": "tt:ratio=4"})
+    counts = count_parameters(tiny_gpt2.model)["total"]
     with pytest.raises(TensoredgeError, match="re-densified"):
-        check_factors_kept(onnx.load(str(tmp_path / "dense.onnx")), count_parameters(compressed)["total"]["bytes"])
+        check_factors_kept(onnx.load(str(folder / "model.onnx")), counts["bytes"])
+    with pytest.raises(TensoredgeError, match="re-densified"):  # int8 graphs are checked by element count
+        check_elements_kept(onnx.load(str(folder / "model_int8.onnx")), counts["params"])
+
+
+def test_constant_folding_re_densifies_and_is_caught(tiny_gpt2, tmp_path_factory, tmp_path):
+    """What the check exists for: onnxruntime's own optimiser folds the tied TT head into a dense table."""
+    import onnxruntime as ort
+
+    model, folder, _ = exported(tiny_gpt2, "compressed", tmp_path_factory)
+    opts = ort.SessionOptions()
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC  # includes constant folding
+    opts.optimized_model_filepath = str(tmp_path / "folded.onnx")
+    ort.InferenceSession(str(folder / "model.onnx"), opts, providers=["CPUExecutionProvider"])
+    with pytest.raises(TensoredgeError, match="re-densified"):
+        check_factors_kept(onnx.load(str(tmp_path / "folded.onnx")), count_parameters(model.model)["total"]["bytes"])
 
 
 def test_parity_failure_writes_nothing(tiny_gpt2, tmp_path):
     with pytest.raises(TensoredgeError, match="differ from PyTorch"):
-        export_onnx(tiny_gpt2, tmp_path / "m.onnx", atol=0.0, rtol=0.0)
+        export_onnx(tiny_gpt2, tmp_path / "m", atol=0.0, rtol=0.0)
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("plan", PLANS)
+def test_int8_fp16_and_ort_format(tiny_gpt2, plan, tmp_path_factory):
+    tiny_gpt2, folder, result = exported(tiny_gpt2, plan, tmp_path_factory)
+    files = result["files"]
+    quantized = files["int8"]["quantized"]
+    assert quantized["MatMulNBits"] >= 9 and quantized["fp32_weight_matmuls"] == 0  # every linear, both factors
+    assert files["fp16"]["graph_weight_bytes"] < 0.55 * files["fp32"]["graph_weight_bytes"]
+    if plan == "dense":  # (TT cores are gathered by an index op the quantizer leaves fp32.) Dense weights shrink
+        # ~3.5x, but the tied table is stored twice at int8: in the head's MatMulNBits blocks and for the lookup.
+        twice = files["int8"]["tied_table_stored_twice"]
+        assert twice == tiny_gpt2.model.get_input_embeddings().weight.numel()
+        assert files["int8"]["graph_weight_bytes"] < 0.3 * files["fp32"]["graph_weight_bytes"] + 1.1 * twice
+    ids = np.random.default_rng(0).integers(0, 50257, size=(1, 12), dtype=np.int64)
+    expected = torch_logits(tiny_gpt2.model, ids)
+    for name in ("model_int8.onnx", "model_fp16.onnx", "model.ort", "model_int8.ort", "model_fp16.ort"):
+        lm = OnnxCausalLM(folder / name)
+        got = lm.logits(ids)
+        assert got.dtype == np.float32 and got.shape == expected.shape
+        assert np.linalg.norm(got - expected) / np.linalg.norm(expected) < 0.15
+        assert list(generate_ids(lm, ids[0], 3))  # the cached decode runs
+    np.testing.assert_allclose(OnnxCausalLM(folder / "model.ort").logits(ids), expected, atol=1e-4, rtol=1e-4)
+    config = (folder / "required_operators.config").read_text()
+    assert "com.microsoft;1;MatMulNBits" in config and "MatMul" in config
+
+
+def test_unknown_precision_is_one_line(tiny_gpt2, tmp_path):
+    with pytest.raises(TensoredgeError, match="unknown precision"):
+        export_onnx(tiny_gpt2, tmp_path / "e", precisions=("int4",))
+
+
+def test_out_must_be_a_directory(tiny_gpt2, tmp_path):
+    (tmp_path / "m.onnx").write_bytes(b"old")
+    with pytest.raises(TensoredgeError, match="takes a directory"):
+        export_onnx(tiny_gpt2, tmp_path / "m.onnx")
+    assert (tmp_path / "m.onnx").read_bytes() == b"old"

@@ -12,6 +12,7 @@ import sys
 from device_bench.cli import add_bench_arguments
 from device_bench.errors import BenchError
 from device_bench.files import write_json
+from device_bench.generate import add_generate_arguments
 from device_bench.gguf_weights import TYPE_NAMES
 from models import DEFAULT_MODEL, REGISTRY  # torch-free: loaders import torch when called
 from toolkit.errors import TensoredgeError
@@ -70,8 +71,14 @@ def build_parser() -> argparse.ArgumentParser:
                                       "GGUF container; each verified before it is written")
     p.add_argument("format", choices=["onnx", "gguf", "container"])
     add_model(p)
-    p.add_argument("--out", required=True, help="output file (.onnx or .gguf)")
+    p.add_argument("--out", required=True, help="output: a directory for onnx (model.onnx, config, tokenizer), "
+                                                "a .gguf file for gguf and container")
     p.add_argument("--type", default="f32", help=f"GGUF weight type: {', '.join(TYPE_NAMES)} (default: %(default)s)")
+    p.add_argument("--precision", nargs="+", default=["fp32"], choices=["fp32", "int8", "fp16"],
+                   help="ONNX: also write dynamic-int8 and/or fp16 variants of the fp32 model, each checked "
+                        "against PyTorch (default: fp32 only)")
+    p.add_argument("--ort", action="store_true",
+                   help="ONNX: also write ORT-format .ort files and required_operators.config (mobile builds)")
     add_json(p)
 
     p = sub.add_parser("materialize", help="turn a factorized container into a GGUF llama.cpp runs (torch-free)")
@@ -80,10 +87,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--type", help="weight type of the output (default: the container's)")
     add_json(p)
 
-    p = sub.add_parser("generate", help="greedy text generation with PyTorch")
-    add_model(p)
-    p.add_argument("--prompt", required=True)
-    p.add_argument("--max-new-tokens", type=int, default=32)
+    p = sub.add_parser("generate", help="stream text from an ONNX export without torch (greedy or sampled), "
+                                        "or greedy with PyTorch for other models")
+    p.add_argument("--model", default=DEFAULT_MODEL,
+                   help="ONNX export directory or .onnx/.ort file (torch-free), or any model `eval` takes")
+    add_generate_arguments(p)
     add_json(p)
 
     p = sub.add_parser("heal", help="add TT-LoRA adapters and distil the model towards its teacher on "
@@ -116,7 +124,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--base-gguf", help="the base model's GGUF to check the adapter on (default: write one)")
     add_json(p)
 
-    p = sub.add_parser("bench", help="time an exported .onnx or .gguf file (runs without torch)")
+    p = sub.add_parser("bench", help="time an ONNX export (directory, .onnx, .ort) or a .gguf file (runs without torch)")
     add_bench_arguments(p)
 
     p = sub.add_parser("report", help="Markdown report with plots (size vs perplexity, tok/s and J/token vs "

@@ -54,14 +54,28 @@ def evaluation_windows(loaded, args: argparse.Namespace) -> tuple[list, dict]:
     return strided_windows(ids, context, stride), setup
 
 
-def eval(args: argparse.Namespace) -> dict:  # noqa: A001 - the command is called eval
-    from toolkit.checkpoint import is_compressed_dir, open_model, read_manifest
-    from toolkit.evaluate import compare
+def is_onnx_export(ref: str) -> bool:
+    """An export directory (model.onnx / model.ort inside) or a .onnx / .ort file."""
+    from device_bench.onnx_lm import MODEL_FILES
 
-    loaded = open_model(args.model)
+    path = Path(ref)
+    return (path.is_dir() and any((path / name).is_file() for name in MODEL_FILES)) or \
+        (path.is_file() and path.suffix.lower() in (".onnx", ".ort"))
+
+
+def eval(args: argparse.Namespace) -> dict:  # noqa: A001 - the command is called eval
+    """Perplexity of a PyTorch model or, through ONNX Runtime itself, of an ONNX export."""
+    from toolkit.checkpoint import is_compressed_dir, open_model, read_manifest
+    from toolkit.evaluate import OnnxModel, compare
+
     reference_ref = args.reference
-    if reference_ref is None and not args.no_reference and is_compressed_dir(args.model):
-        reference_ref = read_manifest(args.model)["base_model"]
+    if is_onnx_export(args.model):
+        loaded = OnnxModel(args.model)
+        reference_ref = reference_ref or loaded.reference
+    else:
+        loaded = open_model(args.model)
+        if reference_ref is None and is_compressed_dir(args.model):
+            reference_ref = read_manifest(args.model)["base_model"]
     windows, setup = evaluation_windows(loaded, args)
     say(f"evaluating {loaded.name} on {setup['tokens']} WikiText-2 test tokens, {len(windows)} windows")
     if reference_ref and not args.no_reference:
@@ -73,7 +87,8 @@ def eval(args: argparse.Namespace) -> dict:  # noqa: A001 - the command is calle
     rows = [[name, num(s["perplexity"], 5), num(s.get("kl"), 3), num(s.get("top1_agreement"), 3)]
             for name, s in scores.items()]
     print(text_table(["", "perplexity", "KL", "top-1 agree"], rows))
-    return {"model": loaded.name, "dataset": "wikitext-2 test", **setup, "scores": scores}
+    return {"model": loaded.name, "runtime": getattr(loaded, "runtime", "pytorch"), "dataset": "wikitext-2 test",
+            **setup, "scores": scores}
 
 
 def compress(args: argparse.Namespace) -> dict:
@@ -111,12 +126,20 @@ def parameter_table(before: dict, after: dict) -> str:
 
 def export(args: argparse.Namespace) -> dict:
     from toolkit.checkpoint import open_model
+    from toolkit.errors import TensoredgeError
 
+    if args.format != "onnx" and (args.ort or args.precision != ["fp32"]):
+        raise TensoredgeError("--precision and --ort apply to `export onnx` only: use --type for GGUF weight types")
     loaded = open_model(args.model)
     if args.format == "onnx":
         from exporters.onnx import export_onnx
+        from toolkit.checkpoint import is_compressed_dir, read_manifest
 
-        result = export_onnx(loaded, args.out, progress=say)
+        reference = read_manifest(args.model)["base_model"] if is_compressed_dir(args.model) else args.model
+        result = export_onnx(loaded, args.out, precisions=tuple(args.precision), ort_format=args.ort,
+                             reference=reference, progress=say)
+        print(onnx_export_table(result))
+        return result
     elif args.format == "gguf":
         from exporters.gguf import export_gguf
 
@@ -129,10 +152,39 @@ def export(args: argparse.Namespace) -> dict:
     return result
 
 
+def onnx_export_table(result: dict) -> str:
+    """One row per written model file: size, weights, and the check it passed."""
+    rows = []
+    for precision, entry in result["files"].items():
+        if "parity" in entry:
+            p = entry["parity"]
+            check = (f"logits {p['max_abs_logit_diff']:.1e}, cached {p['max_abs_cached_diff']:.1e}, "
+                     f"{p['greedy_tokens_equal']} greedy tokens equal")
+        else:
+            a = entry["agreement"]
+            check = f"rel. error {a['relative_logit_error']:.3f}, top-1 {a['top1_agreement']:.3f}"
+        rows.append([entry["file"], precision, mib(entry["file_bytes"]), mib(entry["graph_weight_bytes"]), check])
+    for name, entry in result.get("ort", {}).get("files", {}).items():
+        rows.append([name, "ORT format", mib(entry["file_bytes"]), "-", f"= .onnx within {entry['max_abs_diff_vs_onnx']:.1e}"])
+    table = text_table(["file", "precision", "size", "weights", "checked against PyTorch"], rows)
+    return f"{table}\nexport: {result['path']} (model parameters {mib(result['model_param_bytes'])} fp32)"
+
+
 def generate(args: argparse.Namespace) -> dict:
+    """Torch-free streaming generation for an ONNX export; PyTorch greedy for any other model."""
+    if is_onnx_export(args.model):
+        from device_bench.generate import generate_text
+
+        return generate_text(args.model, args.prompt, args.max_new_tokens, args.temperature, args.top_k,
+                             args.top_p, args.seed, args.threads)
     import torch
 
     from toolkit.checkpoint import open_model
+    from toolkit.errors import TensoredgeError
+
+    if args.temperature or args.top_k or args.top_p != 1.0:
+        raise TensoredgeError("sampling options need an ONNX export (--model EXPORT_DIR); "
+                              "PyTorch models generate greedily here")
 
     loaded = open_model(args.model)
     ids = loaded.tokenizer(args.prompt, return_tensors="pt")["input_ids"]

@@ -77,3 +77,45 @@ def compare(
 def _accumulate(scores: Scores, logp: torch.Tensor, targets: torch.Tensor) -> None:
     scores.nll -= logp.gather(-1, targets[:, None]).sum().item()
     scores.tokens += targets.numel()
+
+
+class OnnxLogits:
+    """An ONNX export called like a transformers model: `model(ids).logits`, computed by ONNX Runtime."""
+
+    def __init__(self, lm):
+        self.lm = lm
+
+    def __call__(self, ids: torch.Tensor):
+        from types import SimpleNamespace
+
+        return SimpleNamespace(logits=torch.from_numpy(self.lm.logits(ids.numpy())))
+
+
+class OnnxModel:
+    """An ONNX export (directory or .onnx/.ort file) ready for `compare`: name, tokenizer, context, model."""
+
+    def __init__(self, path: str):
+        import json
+        from pathlib import Path
+
+        from transformers import AutoTokenizer
+
+        from device_bench.errors import BenchError
+        from device_bench.onnx_lm import OnnxCausalLM
+        from toolkit.errors import TensoredgeError
+
+        try:
+            lm = OnnxCausalLM(path)
+        except BenchError as e:
+            raise TensoredgeError(str(e)) from None
+        folder = lm.path.parent
+        info = json.loads((folder / "export.json").read_text()) if (folder / "export.json").is_file() else {}
+        if not (folder / "tokenizer.json").is_file():
+            raise TensoredgeError(f"no tokenizer beside {lm.path}: evaluate the export directory written by "
+                                  "`tensoredge export onnx`")
+        self.name = f"{info.get('model', folder.name)} (ONNX Runtime: {Path(folder.name) / lm.path.name})"
+        self.tokenizer = AutoTokenizer.from_pretrained(str(folder))
+        self.eval_context = info.get("eval_context", 1024)
+        self.reference = info.get("reference")
+        self.runtime = f"onnxruntime {lm.version} ({lm.path.name})"
+        self.model = OnnxLogits(lm)

@@ -6,6 +6,7 @@ from typing import Protocol
 import numpy as np
 
 from device_bench.errors import BenchError
+from device_bench.onnx_lm import model_file
 from device_bench.runtimes.llama_cpp import LlamaCppRuntime
 from device_bench.runtimes.onnx import OnnxRuntime
 from device_bench.runtimes.torch_ref import TorchRuntime, is_torch_ref
@@ -32,18 +33,22 @@ class Runtime(Protocol):
         ...
 
 
-RUNTIMES = {".onnx": OnnxRuntime, ".gguf": LlamaCppRuntime}
+RUNTIMES = {".onnx": OnnxRuntime, ".ort": OnnxRuntime, ".gguf": LlamaCppRuntime}
 
 
 def runtime_class(path: str) -> type:
-    """The runtime class for `path`'s suffix (or `torch:` prefix); BenchError if missing or unsupported."""
+    """The runtime class for `path`'s suffix, an ONNX export directory, or `torch:`; BenchError if unsupported."""
     if is_torch_ref(path):
         return TorchRuntime
+    if os.path.isdir(path):
+        model_file(path)  # BenchError unless it holds model.onnx / model.ort
+        return OnnxRuntime
     if not os.path.isfile(path):
         raise BenchError(f"model file not found: {path} (check the path)")
     suffix = os.path.splitext(path)[1].lower()
     if suffix not in RUNTIMES:
-        raise BenchError(f"unsupported model file {path}: expected a .onnx or .gguf file (or torch:MODEL)")
+        raise BenchError(f"unsupported model file {path}: expected a .onnx, .ort or .gguf file, "
+                         "an ONNX export directory, or torch:MODEL")
     return RUNTIMES[suffix]
 
 

@@ -1,0 +1,90 @@
+"""The gates an ONNX export passes before it is written: full logits, cached decode, greedy tokens."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from device_bench.generate import generate_ids
+from device_bench.onnx_lm import OnnxCausalLM
+from toolkit.errors import TensoredgeError
+
+PARITY_SHAPES = ((1, 5), (2, 17))  # random prompts (batch, seq) for the full-logits check
+CACHED_PREFIX, CACHED_STEPS = 9, 4  # prefill this many tokens, then decode one at a time
+GREEDY_PROMPT, GREEDY_TOKENS = 8, 32
+
+
+def _ids(vocab: int, shape: tuple[int, int], seed: int) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, vocab, size=shape, dtype=np.int64)
+
+
+def _torch_logits(model: torch.nn.Module, ids: np.ndarray) -> np.ndarray:
+    with torch.inference_mode():
+        return model(input_ids=torch.from_numpy(ids), use_cache=False).logits.float().numpy()
+
+
+def _close(got: np.ndarray, expected: np.ndarray, atol: float, rtol: float, what: str) -> float:
+    diff = np.abs(got.astype(np.float32) - expected)
+    worst = float(diff.max())
+    if not np.all(diff <= atol + rtol * np.abs(expected)):
+        raise TensoredgeError(f"{what} differ from PyTorch by up to {worst:.2e} "
+                              f"(allowed {atol:g} + {rtol:g}*|logit|): not written")
+    return worst
+
+
+def cached_logits(lm: OnnxCausalLM, ids: np.ndarray, prefix: int) -> np.ndarray:
+    """Logits of `ids` (batch, seq): the first `prefix` in one pass, the rest one token at a time."""
+    logits, past = lm.forward(ids[:, :prefix])
+    steps = [logits]
+    for t in range(prefix, ids.shape[1]):
+        logits, past = lm.forward(ids[:, t:t + 1], past)
+        steps.append(logits)
+    return np.concatenate(steps, axis=1)
+
+
+def torch_greedy(model: torch.nn.Module, prompt: np.ndarray, tokens: int) -> list[int]:
+    """PyTorch's greedy continuation with its own KV cache, never stopping early."""
+    ids = torch.from_numpy(prompt[None, :])
+    with torch.inference_mode():
+        out = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=tokens,
+                             min_new_tokens=tokens, do_sample=False, pad_token_id=0)
+    return out[0, prompt.size:].tolist()
+
+
+def check_parity(lm: OnnxCausalLM, model: torch.nn.Module, vocab: int, atol: float, rtol: float) -> dict:
+    """fp32 gates: logits, cached decode = full recomputation, 32 greedy tokens = PyTorch's."""
+    worst = 0.0
+    for seed, shape in enumerate(PARITY_SHAPES):
+        ids = _ids(vocab, shape, seed)
+        worst = max(worst, _close(lm.logits(ids), _torch_logits(model, ids), atol, rtol, "ONNX logits"))
+    ids = _ids(vocab, (2, CACHED_PREFIX + CACHED_STEPS), 7)
+    cached = _close(cached_logits(lm, ids, CACHED_PREFIX), _torch_logits(model, ids), atol, rtol,
+                    "cached-decode logits")
+    prompt = _ids(vocab, (1, GREEDY_PROMPT), 11)[0]
+    expected = torch_greedy(model, prompt, GREEDY_TOKENS)
+    got = list(generate_ids(lm, prompt, GREEDY_TOKENS))
+    if got != expected:
+        at = next(i for i, (a, b) in enumerate(zip(got, expected)) if a != b)
+        raise TensoredgeError(f"ONNX greedy tokens differ from PyTorch's at step {at + 1} of {GREEDY_TOKENS}: "
+                              "not written")
+    return {"max_abs_logit_diff": worst, "max_abs_cached_diff": cached, "greedy_tokens_equal": GREEDY_TOKENS}
+
+
+def agreement(lm: OnnxCausalLM, model: torch.nn.Module, vocab: int) -> dict:
+    """How close a reduced-precision export is to PyTorch fp32 on random prompts, and to itself cached."""
+    ids = _ids(vocab, (2, 33), 5)
+    got, expected = lm.logits(ids), _torch_logits(model, ids)
+    relative = float(np.linalg.norm(got - expected) / np.linalg.norm(expected))
+    top1 = float(np.mean(got.argmax(-1) == expected.argmax(-1)))
+    own_cached = float(np.abs(cached_logits(lm, ids, 25) - got).max() / np.abs(got).max())
+    return {"relative_logit_error": relative, "top1_agreement": top1, "cached_vs_full_relative": own_cached}
+
+
+def check_agreement(lm: OnnxCausalLM, model: torch.nn.Module, vocab: int, limits: dict, precision: str) -> dict:
+    """Refuse a reduced-precision export whose agreement falls outside `limits` (stated per precision)."""
+    found = agreement(lm, model, vocab)
+    bad = [f"{k} {found[k]:.3g} (limit {v:g})" for k, v in limits.items()
+           if (found[k] < v if k == "top1_agreement" else found[k] > v)]
+    if bad:
+        raise TensoredgeError(f"{precision} export is too far from PyTorch fp32: {', '.join(bad)}; not written")
+    return found
