@@ -95,6 +95,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="output folder")
     add_json(p)
 
+    p = sub.add_parser("sweep", help="compress with a list of plans, evaluate each; table, JSON and plot under docs/")
+    p.add_argument("target", choices=["embedding"], help="what to sweep")
+    add_model(p)
+    p.add_argument("--ratios", type=float, nargs="+", help="compression ratios (default: 2 3.31 5 10 20 38.4)")
+    p.add_argument("--head-ratios", type=float, nargs="*", help="ratios at which the tied-head policies are "
+                                                                "compared (default: 2 5)")
+    add_eval_window(p, max_tokens=2048)
+    p.add_argument("--out", help="output stem: writes STEM.json, STEM.md, STEM.png (default: docs/sweep-<target>)")
+    add_json(p)
+
     p = sub.add_parser("pipeline", help="load, compress, evaluate, export and bench; one summary table")
     add_model(p)
     add_plan(p)
