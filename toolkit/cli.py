@@ -100,8 +100,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_model(p)
     p.add_argument("--ratios", type=float, nargs="+", help="compression ratios (default: 2 3.31 5 10 20 38.4)")
     p.add_argument("--head-ratios", type=float, nargs="*", help="ratios at which the tied-head policies are "
-                                                                "compared (default: 2 5)")
-    add_eval_window(p, max_tokens=2048)
+                                                                "compared (default: 2)")
+    add_eval_window(p, max_tokens=1024)
     p.add_argument("--out", help="output stem: writes STEM.json, STEM.md, STEM.png (default: docs/sweep-<target>)")
     add_json(p)
 

@@ -34,6 +34,9 @@ def compress_(model: nn.Module, family: str, plan: Plan, tokenizer=None, progres
         if unknown:
             raise TensoredgeError(f"'{spec}' has unknown parameter(s) {', '.join(sorted(unknown))}: "
                                   f"{spec.method} takes {', '.join(method.params)}")
+        if str(spec.params.get("head", "shared")) not in HEAD_POLICIES:
+            raise TensoredgeError(f"head={spec.params['head']} in '{spec}' is not a head policy: "
+                                  f"choose one of {', '.join(HEAD_POLICIES)}")
         paths = find_targets(model, family, target)
         tied = target == "embedding" and head_is_tied(model)
         if hasattr(method, "compress_group"):

@@ -12,11 +12,11 @@ import torch.nn as nn
 
 from toolkit.compress.shared_head import head_costs, stored_bytes
 from toolkit.compress.tt_embedding import row_params, tensor_shape
-from toolkit.sweep import Entry, new_figure, run_entries, write_outputs
+from toolkit.sweep import Entry, new_figure, partial_path, run_entries, write_outputs
 from toolkit.table import markdown_table, num
 
 RATIOS = (2.0, 3.31, 5.0, 10.0, 20.0, 38.4)
-HEAD_RATIOS = (2.0, 5.0)
+HEAD_RATIOS = (2.0,)
 VARIANTS = {  # label -> spec at a ratio (without head=)
     "tt": "tt:ratio={r}{order}",
     "tt tiers by freq": "tt:ratio={r},tiers=2,by=freq{order}",
@@ -44,8 +44,8 @@ def tt_order(dim: int, ratio: float) -> str:
 def entries(dim: int, ratios: list[float], head_ratios: list[float]) -> list[Entry]:
     """The main table (head=dense, the embedding alone compressed) then the head-policy table."""
     out = []
-    for variant, pattern in VARIANTS.items():
-        for r in ratios:
+    for r in ratios:
+        for variant, pattern in VARIANTS.items():
             spec = pattern.format(r=f"{r:g}", order=tt_order(dim, r)) + ",head=dense"
             out.append(Entry({"embedding": spec}, {"table": "variants", "variant": variant, "target": r,
                                                    "head": "dense"}))
@@ -169,7 +169,7 @@ def plot(result: dict, path: Path) -> None:
 
 def sweep(args: argparse.Namespace, command: str) -> dict:
     result = run_entries(lambda model: entries(model.config.hidden_size, args.ratios, args.head_ratios),
-                         args, measure)
+                         args, measure, partial_path(Path(args.out)))
     result |= {"command": command, "date": datetime.date.today().isoformat(), "paper": PAPER}
     paths = write_outputs(Path(args.out), result, markdown(result), lambda p: plot(result, p))
     print(variants_table(result["rows"]))
