@@ -1,7 +1,7 @@
 """Speed of the batched TT-SVD (toolkit.compress.tt_embedding.tt_svd) against tensorly's
 `tensor_train` row by row and against batched full SVDs, at equal reconstruction error.
 
-    PYTHONPATH=. python benchmarks/tt_svd_speed.py [--rows 50257 --dim 768 --loop-rows 1000 --repeats 3]
+    PYTHONPATH=. python benchmarks/tt_svd_speed.py [--rows 50257 --dim 768 --loop-rows 5000 --repeats 3]
 
 Prints machine info, medians, and writes benchmarks/results/tt_svd_speed.json. The tensorly loop is
 timed on --loop-rows rows and extrapolated to the whole table (labelled so). CUDA is timed when a
@@ -83,7 +83,7 @@ def main() -> None:
     parser.add_argument("--rows", type=int, default=50257)
     parser.add_argument("--dim", type=int, default=768)
     parser.add_argument("--ratio", type=float, default=4.0, help="ranks from this per-row ratio")
-    parser.add_argument("--loop-rows", type=int, default=1000, help="rows the tensorly loop is timed on")
+    parser.add_argument("--loop-rows", type=int, default=5000, help="rows the tensorly loop is timed on")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--out", default="benchmarks/results/tt_svd_speed.json")
     args = parser.parse_args()
