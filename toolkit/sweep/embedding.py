@@ -159,8 +159,15 @@ def plot(result: dict, path: Path) -> None:
         left.plot([r["ratio"] for r in mine], [r["perplexity"] for r in mine], "o-", color=f"C{i}", label=variant)
         right.plot([r["ratio"] for r in mine], [r["kl"] for r in mine], "o-", color=f"C{i}", label=variant)
     left.axhline(result["reference"]["perplexity"], color="black", linestyle="--", linewidth=1, label="dense")
-    for ax, label in ((left, "perplexity (log)"), (right, "KL(dense || compressed), nats/token (log)")):
-        ax.set(xscale="log", yscale="log", xlabel="embedding compression ratio (log)", ylabel=label)
+    from matplotlib.ticker import NullFormatter, ScalarFormatter
+
+    ticks = sorted({r["target"] for r in rows})
+    for ax, label, scale in ((left, "perplexity (log)", "log"), (right, "KL(dense || compressed), nats/token", "linear")):
+        ax.set(xscale="log", yscale=scale, xlabel="embedding compression ratio (log)", ylabel=label)
+        ax.set_xticks(ticks, [f"{t:g}" for t in ticks])
+        ax.xaxis.set_minor_formatter(NullFormatter())
+        ax.yaxis.set_major_formatter(ScalarFormatter())
+        ax.yaxis.set_minor_formatter(NullFormatter())
         ax.grid(alpha=0.3, which="both")
         ax.legend(fontsize=8)
     fig.suptitle(f"{result['model']}: embedding only, tied head dense; {result['tokens']} WikiText-2 test tokens")
