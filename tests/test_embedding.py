@@ -210,3 +210,38 @@ def test_onnx_export_of_the_new_tables(tiny_gpt2, tmp_path):
 
 def test_tensor_shape_pads_primes():
     assert math.prod(tensor_shape(97)) >= 97 and math.prod(tensor_shape(50257)) >= 50257
+
+
+def test_sweep_embedding_writes_table_json_and_plot(tmp_path):
+    import json
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    stem = tmp_path / "docs" / "sweep"
+    done = subprocess.run([sys.executable, "-m", "toolkit.cli", "sweep", "embedding", "--model", "tiny-gpt2",
+                           "--ratios", "3", "--head-ratios", "--max-tokens", "64", "--out", str(stem)],
+                          capture_output=True, text=True, env=env, timeout=900)
+    assert done.returncode == 0, done.stderr
+    result = json.loads(stem.with_suffix(".json").read_text())
+    assert result["tokens"] == 64 and result["command"].startswith("tensoredge sweep embedding")
+    variants = {row["variant"]: row for row in result["rows"]}
+    assert set(variants) == {"tt", "tt tiers by freq", "tt tiers by norm", "ttm", "svd-table"}
+    for row in variants.values():
+        assert row["perplexity"] > 1 and row["kl"] > 0 and row["ratio"] > 2.5
+    assert abs(variants["ttm"]["ratio"] - 3) < 0.15
+    markdown = stem.with_suffix(".md").read_text()
+    assert result["command"] in markdown and "TensorGPT" in markdown
+    assert stem.with_suffix(".png").read_bytes()[:4] == b"\x89PNG"
+    assert sorted(p.name for p in stem.parent.iterdir()) == ["sweep.json", "sweep.md", "sweep.png"]
+
+
+def test_sweep_rejects_bad_ratios():
+    import os
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-m", "toolkit.cli", "sweep", "embedding", "--ratios", "1"],
+                          capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"}, timeout=300)
+    assert done.returncode == 2 and done.stderr.count("error:") == 1 and "Traceback" not in done.stderr

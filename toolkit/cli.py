@@ -28,7 +28,8 @@ def add_json(p: argparse.ArgumentParser) -> None:
 
 
 def add_plan(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--embedding", metavar="SPEC", help="embedding method, e.g. tt:ratio=4 or tt:rank=8")
+    p.add_argument("--embedding", metavar="SPEC", help="embedding method, e.g. tt:ratio=4, tt:ratio=2,tiers=2,by=freq, "
+                                                   "ttm:ratio=4 or svd-table:ratio=4; add head=shared|dense|lowrank")
     p.add_argument("--mlp", metavar="SPEC", help="MLP linears method, e.g. svd:ratio=1.5 or svd:rank=128")
     p.add_argument("--attention", metavar="SPEC", help="attention projections method, e.g. svd:ratio=1.5")
 

@@ -6,7 +6,7 @@ each choice costs per decoded token.
   is rebuilt (ONNX Runtime folds that into a dense table in memory at load).
 - `dense`: the head keeps the original table as its own weight, counted under lm_head.
 - `lowrank`: the head becomes a truncated SVD of the original table (`head_ratio=R`, default the
-  embedding's ratio), independent of how the embedding was compressed.
+  embedding's ratio, else 2), independent of how the embedding was compressed.
 """
 
 from __future__ import annotations

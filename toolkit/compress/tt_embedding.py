@@ -13,6 +13,7 @@ frequent tokens (WikiText-2 valid counts, `by=freq`) or large-norm rows (`by=nor
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 
@@ -25,24 +26,28 @@ from toolkit.compress.spec import MethodSpec
 from toolkit.errors import TensoredgeError
 
 
+@functools.lru_cache(maxsize=None)
 def factor_shape(dim: int, order: int = 3) -> tuple[int, ...]:
     """The most balanced `order`-way factorisation of `dim` (largest factor smallest), sorted."""
     if order == 1:
         return (dim,)
+    smallest = int(round(dim ** (1 / order))) + 1  # the smallest factor of any factorisation is at most this
     options = (
-        (first, *factor_shape(dim // first, order - 1)) for first in range(1, dim + 1) if dim % first == 0
+        (first, *factor_shape(dim // first, order - 1)) for first in range(1, smallest + 1) if dim % first == 0
     )
     return tuple(sorted(min(options, key=max)))
 
 
 def tensor_shape(dim: int, order: int = 3) -> tuple[int, ...]:
-    """A shape for rows of length `dim`, padding awkward lengths (e.g. primes) up to 10%."""
+    """A shape for rows of length `dim`, padding awkward lengths (e.g. primes) up to 10%: the
+    smallest padding whose largest factor is within 2x of the balanced one, else the most balanced."""
     ideal = round(dim ** (1 / order))
-    candidates = [factor_shape(d, order) for d in range(dim, dim + max(1, dim // 10) + 1)]
-    # Prefer the smallest padding whose largest factor is within 2x of the balanced one.
-    for shape in candidates:
+    candidates = []
+    for padded in range(dim, dim + max(1, dim // 10) + 1):
+        shape = factor_shape(padded, order)
         if max(shape) <= 2 * ideal:
             return shape
+        candidates.append(shape)
     return min(candidates, key=max)
 
 
