@@ -29,7 +29,8 @@ def add_json(p: argparse.ArgumentParser) -> None:
 
 
 def add_plan(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--embedding", metavar="SPEC", help="embedding method, e.g. tt:ratio=4 or tt:rank=8")
+    p.add_argument("--embedding", metavar="SPEC", help="embedding method, e.g. tt:ratio=4, tt:ratio=2,tiers=2,by=freq, "
+                                                   "ttm:ratio=4 or svd-table:ratio=4; add head=shared|dense|lowrank")
     p.add_argument("--mlp", metavar="SPEC", help="MLP linears method, e.g. svd:ratio=1.5 or svd:rank=128")
     p.add_argument("--attention", metavar="SPEC", help="attention projections method, e.g. svd:ratio=1.5")
 
@@ -131,6 +132,16 @@ def build_parser() -> argparse.ArgumentParser:
                                       "size, Pareto fronts) from bench, eval and pipeline JSON files")
     p.add_argument("runs", nargs="+", help="JSON files written by bench, eval or pipeline")
     p.add_argument("--out", required=True, help="output folder")
+    add_json(p)
+
+    p = sub.add_parser("sweep", help="compress with a list of plans, evaluate each; table, JSON and plot under docs/")
+    p.add_argument("target", choices=["embedding"], help="what to sweep")
+    add_model(p)
+    p.add_argument("--ratios", type=float, nargs="+", help="compression ratios (default: 2 3.31 5 10 20 38.4)")
+    p.add_argument("--head-ratios", type=float, nargs="*", help="ratios at which the tied-head policies are "
+                                                                "compared (default: 2)")
+    add_eval_window(p, max_tokens=1024)
+    p.add_argument("--out", help="output stem: writes STEM.json, STEM.md, STEM.png (default: docs/sweep-<target>)")
     add_json(p)
 
     p = sub.add_parser("pipeline", help="load, compress, evaluate, export and bench; one summary table")

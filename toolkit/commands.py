@@ -219,6 +219,21 @@ def report(args: argparse.Namespace) -> dict:
     return {"report": str(path)}
 
 
+def sweep(args: argparse.Namespace) -> dict:
+    import sys
+
+    from toolkit.errors import TensoredgeError
+    from toolkit.sweep import command_line
+    from toolkit.sweep import embedding
+
+    if any(r <= 1 for r in (args.ratios or []) + (args.head_ratios or [])):
+        raise TensoredgeError("every ratio must be > 1, e.g. --ratios 2 5 10")
+    args.ratios = args.ratios or list(embedding.RATIOS)
+    args.head_ratios = embedding.HEAD_RATIOS if args.head_ratios is None else args.head_ratios
+    args.out = args.out or f"docs/sweep-{args.target}"
+    return embedding.sweep(args, command_line(sys.argv[1:]))
+
+
 def pipeline(args: argparse.Namespace) -> dict:
     from toolkit.pipeline import run_pipeline
 

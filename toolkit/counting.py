@@ -38,4 +38,5 @@ def head_is_tied(model: nn.Module) -> bool:
     if getattr(head, "ties_to", None):
         return True
     embed = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
-    return head is not None and getattr(embed, "weight", None) is head.weight
+    weight = getattr(embed, "weight", None)
+    return head is not None and weight is not None and weight is getattr(head, "weight", None)

@@ -9,9 +9,10 @@ from __future__ import annotations
 import torch.nn as nn
 
 from toolkit.compress import low_rank, shared_head, tt_embedding  # noqa: F401 - registers the methods
+from toolkit.compress import svd_embedding, tt_matrix  # noqa: F401 - registers the methods
 from toolkit.compress.context import Context
 from toolkit.compress.registry import METHODS, Factorized, get_method
-from toolkit.compress.shared_head import HEAD_POLICIES, SharedHead
+from toolkit.compress.shared_head import HEAD_PARAMS, HEAD_POLICIES, SharedHead
 from toolkit.compress.spec import MethodSpec, parse_spec
 from toolkit.compress.targets import KIND, TARGETS, find_targets
 from toolkit.counting import head_is_tied
@@ -29,10 +30,13 @@ def compress_(model: nn.Module, family: str, plan: Plan, tokenizer=None, progres
     specs = {target: parse_spec(text) for target, text in plan.items()}
     for target, spec in specs.items():
         method = get_method(spec.method, KIND.get(target, target))
-        unknown = set(spec.params) - set(method.params) - ({"head"} if target == "embedding" else set())
+        unknown = set(spec.params) - set(method.params) - (set(HEAD_PARAMS) if target == "embedding" else set())
         if unknown:
             raise TensoredgeError(f"'{spec}' has unknown parameter(s) {', '.join(sorted(unknown))}: "
                                   f"{spec.method} takes {', '.join(method.params)}")
+        if str(spec.params.get("head", "shared")) not in HEAD_POLICIES:
+            raise TensoredgeError(f"head={spec.params['head']} in '{spec}' is not a head policy: "
+                                  f"choose one of {', '.join(HEAD_POLICIES)}")
         paths = find_targets(model, family, target)
         tied = target == "embedding" and head_is_tied(model)
         if hasattr(method, "compress_group"):
@@ -42,18 +46,23 @@ def compress_(model: nn.Module, family: str, plan: Plan, tokenizer=None, progres
             for path in paths:
                 model.set_submodule(path, method.compress(model.get_submodule(path), spec, ctx))
         if tied:
-            tie_head_(model, paths[0], str(spec.params.get("head", "shared")))
+            head_ratio = spec.number("head_ratio") or spec.number("ratio") or 2.0
+            tie_head_(model, paths[0], str(spec.params.get("head", "shared")), head_ratio)
         if progress:
             progress(f"{target}: {len(paths)} layer(s) compressed with {spec}")
 
 
-def tie_head_(model: nn.Module, embedding_path: str, policy: str) -> None:
-    """Give a formerly tied LM head its `policy`: share the new factors, or keep the dense table."""
+def tie_head_(model: nn.Module, embedding_path: str, policy: str, head_ratio: float = 2.0) -> None:
+    """Give a formerly tied LM head its `policy`: share the new factors, keep the dense table, or
+    take a truncated SVD of the original table `head_ratio` times smaller."""
     if policy not in HEAD_POLICIES:
         raise TensoredgeError(f"head={policy} is not a head policy: choose one of {', '.join(HEAD_POLICIES)}")
     model.config.tie_word_embeddings = False  # the tie is now ours to keep, not transformers'
     if policy == "shared":
         model.set_submodule("lm_head", SharedHead(model.get_submodule(embedding_path), embedding_path))
+    if policy == "lowrank":
+        spec = MethodSpec("svd", {"ratio": head_ratio})
+        model.set_submodule("lm_head", get_method("svd", "linear").compress(model.get_submodule("lm_head"), spec))
     # "dense": lm_head still holds the original table's Parameter, now its own.
 
 

@@ -1,9 +1,12 @@
-"""An LM head tied to a factorized embedding: logits = h @ E^T, E rebuilt from the shared factors.
+"""What a tied LM head becomes when its embedding is compressed (the `head=` parameter), and what
+each choice costs per decoded token.
 
-Policies for a tied head when its embedding is compressed (the `head=` parameter of embedding
-methods): `shared` (this module: factors stored once, the table is rebuilt per forward pass;
-ONNX Runtime folds that rebuild into a dense table in memory at load) or `dense` (the head
-keeps its own dense copy of the original table, counted under lm_head).
+- `shared`: no weights of its own; logits from the embedding's factors (`SharedHead`). A table
+  that can contract through its factors (`project`, e.g. svd-table) does so; otherwise the table
+  is rebuilt (ONNX Runtime folds that into a dense table in memory at load).
+- `dense`: the head keeps the original table as its own weight, counted under lm_head.
+- `lowrank`: the head becomes a truncated SVD of the original table (`head_ratio=R`, default the
+  embedding's ratio, else 2), independent of how the embedding was compressed.
 """
 
 from __future__ import annotations
@@ -14,7 +17,8 @@ import torch.nn.functional as F
 
 from toolkit.compress.registry import Factorized, register
 
-HEAD_POLICIES = ("shared", "dense")
+HEAD_POLICIES = ("shared", "dense", "lowrank")
+HEAD_PARAMS = ("head", "head_ratio")  # the spec parameters every embedding method accepts
 
 
 class SharedHead(Factorized):
@@ -27,6 +31,8 @@ class SharedHead(Factorized):
         self.record = {"method": "shared-head", "embedding": embedding_path}
 
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        if hasattr(self.embedding, "project"):
+            return self.embedding.project(hidden)
         return F.linear(hidden, self.embedding.dense_weight())
 
     def dense_weight(self) -> torch.Tensor:
@@ -43,6 +49,32 @@ class SharedHeadMethod:
 
     def rebuild(self, record: dict, model: nn.Module) -> SharedHead:
         return SharedHead(model.get_submodule(record["embedding"]), record["embedding"])
+
+
+def stored_bytes(module: nn.Module) -> int:
+    return sum(p.numel() * p.element_size() for p in module.parameters())
+
+
+def head_costs(model: nn.Module, embedding: nn.Module) -> dict:
+    """Bytes the head stores beyond the embedding, and bytes read and FLOPs to produce one token's
+    logits (float32; a rebuilt shared table is read whole, as it sits in memory once rebuilt)."""
+    head = model.lm_head
+    vocab, dim = model.config.vocab_size, model.config.hidden_size
+    dense_read, dense_flops = 4 * vocab * dim, 2 * vocab * dim
+    if isinstance(head, SharedHead):
+        if hasattr(embedding, "project"):  # h @ right^T @ left^T
+            rank = embedding.left.shape[1]
+            return {"policy": "shared (contract)", "head_bytes": 0, "bytes_read": stored_bytes(embedding),
+                    "flops": 2 * rank * (vocab + dim), "runtime_extra_bytes": 0}
+        return {"policy": "shared (rebuild)", "head_bytes": 0, "bytes_read": dense_read, "flops": dense_flops,
+                "runtime_extra_bytes": dense_read}
+    if isinstance(head, Factorized):  # a low-rank head: down (r x d), up (V x r)
+        rank = head.record["rank"]
+        return {"policy": "lowrank", "head_bytes": stored_bytes(head), "bytes_read": stored_bytes(head),
+                "flops": 2 * rank * (vocab + dim), "runtime_extra_bytes": 0}
+    tied = getattr(embedding, "weight", None) is head.weight
+    return {"policy": "tied (dense)" if tied else "dense", "head_bytes": 0 if tied else stored_bytes(head),
+            "bytes_read": dense_read, "flops": dense_flops, "runtime_extra_bytes": 0}
 
 
 register(SharedHeadMethod())

@@ -1,12 +1,21 @@
 """Per-token tensor-train embedding (TensorGPT): each row reshaped to a tensor and TT-SVD'd.
 
-All rows are decomposed at once with batched SVDs; the module gathers only the cores of the
-tokens it is asked for and contracts them, so the dense table never exists at inference.
+All rows are decomposed at once (`tt_svd`): each TT-SVD step takes the Gram matrix of every row's
+unfolding in one batched matmul and one batched eigh of its small side, keeping only the top
+eigenvectors; that is the same truncation as an SVD (tensorly's `tensor_train`) at a fraction of
+the cost (benchmarks/tt_svd_speed.py). The module gathers only the cores of the tokens it is asked
+for and contracts them, so the dense table never exists at inference.
+
+Ranks: a cap (`rank=`), a relative error per row (`eps=`), or solved from a ratio (`ratio=`).
+With `tiers=2` rows get one of two rank settings, which meets a ratio within a few percent and lets
+frequent tokens (WikiText-2 valid counts, `by=freq`) or large-norm rows (`by=norm`) get more rank.
 """
 
 from __future__ import annotations
 
+import functools
 import math
+from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
@@ -17,24 +26,28 @@ from toolkit.compress.spec import MethodSpec
 from toolkit.errors import TensoredgeError
 
 
+@functools.lru_cache(maxsize=None)
 def factor_shape(dim: int, order: int = 3) -> tuple[int, ...]:
     """The most balanced `order`-way factorisation of `dim` (largest factor smallest), sorted."""
     if order == 1:
         return (dim,)
+    smallest = int(round(dim ** (1 / order))) + 1  # the smallest factor of any factorisation is at most this
     options = (
-        (first, *factor_shape(dim // first, order - 1)) for first in range(1, dim + 1) if dim % first == 0
+        (first, *factor_shape(dim // first, order - 1)) for first in range(1, smallest + 1) if dim % first == 0
     )
     return tuple(sorted(min(options, key=max)))
 
 
 def tensor_shape(dim: int, order: int = 3) -> tuple[int, ...]:
-    """A shape for rows of length `dim`, padding awkward lengths (e.g. primes) up to 10%."""
+    """A shape for rows of length `dim`, padding awkward lengths (e.g. primes) up to 10%: the
+    smallest padding whose largest factor is within 2x of the balanced one, else the most balanced."""
     ideal = round(dim ** (1 / order))
-    candidates = [factor_shape(d, order) for d in range(dim, dim + max(1, dim // 10) + 1)]
-    # Prefer the smallest padding whose largest factor is within 2x of the balanced one.
-    for shape in candidates:
+    candidates = []
+    for padded in range(dim, dim + max(1, dim // 10) + 1):
+        shape = factor_shape(padded, order)
         if max(shape) <= 2 * ideal:
             return shape
+        candidates.append(shape)
     return min(candidates, key=max)
 
 
@@ -49,8 +62,9 @@ def row_params(shape: tuple[int, ...], ranks: list[int]) -> int:
     return sum(full[k] * n * full[k + 1] for k, n in enumerate(shape))
 
 
-def ranks_for_budget(shape: tuple[int, ...], budget: int) -> list[int]:
-    """The largest ranks whose per-row parameters fit `budget`: uniform cap, then greedy bumps."""
+def ranks_for_budget(shape: tuple[int, ...], budget: float) -> list[int]:
+    """The largest ranks whose per-row parameters fit `budget`: uniform cap, then greedy bumps
+    (so bonds may end with different ranks)."""
     limits = max_ranks(shape)
     ranks = [1] * len(limits)
     if row_params(shape, ranks) > budget:
@@ -74,21 +88,82 @@ def ranks_for_budget(shape: tuple[int, ...], budget: int) -> list[int]:
     return ranks
 
 
+def ranks_above(shape: tuple[int, ...], ranks: list[int]) -> list[int]:
+    """The budget-greedy ranks of the next larger parameter count than `ranks` holds."""
+    params, top = row_params(shape, ranks), row_params(shape, max_ranks(shape))
+    for budget in range(params + 1, top + 1):
+        grown = ranks_for_budget(shape, budget)
+        if row_params(shape, grown) > params:
+            return grown
+    raise TensoredgeError(f"ranks {ranks} are already full for rows of shape {shape}: lower the ratio")
+
+
+@dataclass
+class TTResult:
+    """Cores (V, r_{k-1}, n_k, r_k), the ranks kept, and per row the squared norm each step discarded."""
+
+    cores: list[torch.Tensor]
+    ranks: list[int]
+    discarded: torch.Tensor  # (V,) sum over steps of squared discarded singular values
+
+
+def tt_svd(rows: torch.Tensor, shape: tuple[int, ...], ranks: list[int] | None = None,
+           eps: float | None = None) -> TTResult:
+    """Batched TT-SVD of rows (V, prod(shape)), ranks capped by `ranks` and/or set by a relative
+    error `eps` per row (Oseledets: each step discards at most eps^2/(N-1) of the row's squared norm;
+    the bond's rank is the largest any row needs)."""
+    count, dtype = rows.shape[0], rows.dtype
+    work = rows.reshape(count, -1).double()
+    limits = max_ranks(shape)
+    caps = list(ranks) if ranks is not None else limits
+    allowed = None if eps is None else (eps**2 / max(1, len(shape) - 1)) * (work**2).sum(-1)
+    cores, kept, discarded, left = [], [], torch.zeros(count, dtype=torch.float64, device=rows.device), 1
+    rest = work
+    for k, n in enumerate(shape[:-1]):
+        unfold = rest.reshape(count, left * n, -1)
+        rows_side = unfold.shape[1] <= unfold.shape[2]
+        gram = unfold @ unfold.mT if rows_side else unfold.mT @ unfold
+        energy, vectors = torch.linalg.eigh(gram)
+        energy, vectors = energy.flip(-1).clamp_min(0), vectors.flip(-1)  # descending
+        rank = min(caps[k], limits[k], energy.shape[-1])
+        if allowed is not None:
+            tail = energy.flip(-1).cumsum(-1).flip(-1)  # tail[j] = energy discarded when keeping j
+            needed = (tail > allowed[:, None]).sum(-1).max().item()
+            rank = max(1, min(rank, needed))
+        if rows_side:
+            basis = vectors[..., :rank]
+        else:  # left vectors from right ones: U S = A V, columns normalised (zero where S is 0)
+            basis = unfold @ vectors[..., :rank]
+            norms = basis.norm(dim=1, keepdim=True)
+            basis = torch.where(norms > 1e-150, basis / norms.clamp_min(1e-300), torch.zeros_like(basis))
+        discarded += energy[:, rank:].sum(-1)
+        cores.append(basis.reshape(count, left, n, rank).to(dtype))
+        rest = basis.mT @ unfold
+        kept.append(rank)
+        left = rank
+    cores.append(rest.reshape(count, left, shape[-1], 1).to(dtype))
+    return TTResult(cores, kept, discarded)
+
+
 def tt_svd_rows(rows: torch.Tensor, shape: tuple[int, ...], ranks: list[int]) -> list[torch.Tensor]:
     """Batched TT-SVD: rows (V, prod(shape)) -> cores (V, r_{k-1}, n_k, r_k), ranks capped."""
-    count = rows.shape[0]
-    rest = rows.reshape(count, 1, -1)
-    cores = []
-    left = 1
-    for n, cap in zip(shape[:-1], ranks):
-        unfold = rest.reshape(count, left * n, -1)
-        u, s, vh = torch.linalg.svd(unfold, full_matrices=False)
-        rank = min(cap, s.shape[-1])
-        cores.append(u[:, :, :rank].reshape(count, left, n, rank))
-        rest = s[:, :rank, None] * vh[:, :rank, :]
-        left = rank
-    cores.append(rest.reshape(count, left, shape[-1], 1))
-    return cores
+    return tt_svd(rows, shape, ranks).cores
+
+
+def contract(cores: list[torch.Tensor], dim: int) -> torch.Tensor:
+    """Rows (B, dim) from per-row cores (B, r_{k-1}, n_k, r_k), by batched matmuls left to right."""
+    count = cores[0].shape[0]
+    out = cores[0].reshape(count, -1, cores[0].shape[-1])
+    for core in cores[1:]:
+        out = torch.matmul(out, core.reshape(count, core.shape[1], -1)).reshape(count, -1, core.shape[-1])
+    return out.reshape(count, -1)[:, :dim]
+
+
+def empty_cores(count: int, shape: tuple[int, ...], ranks: list[int]) -> nn.ParameterList:
+    full = [1, *ranks, 1]
+    return nn.ParameterList(
+        nn.Parameter(torch.zeros(count, full[k], n, full[k + 1]), requires_grad=False) for k, n in enumerate(shape)
+    )
 
 
 class TTEmbedding(Factorized):
@@ -97,11 +172,7 @@ class TTEmbedding(Factorized):
     def __init__(self, num_embeddings: int, dim: int, shape: tuple[int, ...], ranks: list[int]):
         super().__init__()
         self.num_embeddings, self.dim = num_embeddings, dim
-        full = [1, *ranks, 1]
-        self.cores = nn.ParameterList(
-            nn.Parameter(torch.zeros(num_embeddings, full[k], n, full[k + 1]), requires_grad=False)
-            for k, n in enumerate(shape)
-        )
+        self.cores = empty_cores(num_embeddings, shape, ranks)
         self.record = {
             "method": "tt",
             "num_embeddings": num_embeddings,
@@ -118,51 +189,157 @@ class TTEmbedding(Factorized):
         return contract(list(self.cores), self.dim)
 
 
-def contract(cores: list[torch.Tensor], dim: int) -> torch.Tensor:
-    """Rows (B, dim) from per-row cores (B, r_{k-1}, n_k, r_k), by batched matmuls left to right."""
-    count = cores[0].shape[0]
-    out = cores[0].reshape(count, -1, cores[0].shape[-1])
-    for core in cores[1:]:
-        out = torch.matmul(out, core.reshape(count, core.shape[1], -1)).reshape(count, -1, core.shape[-1])
-    return out.reshape(count, -1)[:, :dim]
+class TieredTTEmbedding(Factorized):
+    """Per-token TT whose rows fall in tiers with their own ranks; `tier_of` (one byte per token)
+    says which, and a row's place in its tier is its rank among the tier's token ids."""
+
+    def __init__(self, num_embeddings: int, dim: int, shape: tuple[int, ...], tiers: list[dict]):
+        super().__init__()
+        self.num_embeddings, self.dim = num_embeddings, dim
+        self.tier_of = nn.Parameter(torch.zeros(num_embeddings, dtype=torch.uint8), requires_grad=False)
+        self.tiers = nn.ModuleList(empty_cores(t["count"], shape, t["ranks"]) for t in tiers)
+        self.record = {"method": "tt-tiered", "num_embeddings": num_embeddings, "dim": dim,
+                       "tensor_shape": list(shape), "tiers": tiers}
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        flat = ids.reshape(-1)
+        tier = self.tier_of[flat].long()
+        out = torch.zeros(flat.shape[0], self.dim, dtype=self.tiers[0][0].dtype, device=flat.device)
+        for t, cores in enumerate(self.tiers):
+            member = self.tier_of.long() == t
+            place = (member.long().cumsum(0) - 1)[flat].clamp(0, cores[0].shape[0] - 1)
+            rows = contract([core[place] for core in cores], self.dim)
+            out = torch.where((tier == t)[:, None], rows, out)
+        return out.reshape(*ids.shape, self.dim)
+
+    def dense_weight(self) -> torch.Tensor:
+        out = torch.zeros(self.num_embeddings, self.dim, dtype=self.tiers[0][0].dtype)
+        for t, cores in enumerate(self.tiers):
+            out[self.tier_of.long() == t] = contract(list(cores), self.dim)
+        return out
+
+
+def token_counts(ctx: Context, vocab: int) -> torch.Tensor:
+    """How often each token occurs in WikiText-2 valid (calibration text, never test)."""
+    if "token_counts" not in ctx.cache:
+        if ctx.tokenizer is None:
+            raise TensoredgeError("by=freq needs calibration text, so a tokenizer: load the model with "
+                                  "toolkit's load_model, or use by=norm")
+        from toolkit.data import wikitext2_ids
+
+        ids = torch.tensor(wikitext2_ids(ctx.tokenizer, "valid"), dtype=torch.long)
+        ctx.cache["token_counts"] = torch.bincount(ids, minlength=vocab)[:vocab]
+    return ctx.cache["token_counts"]
+
+
+def tier_plan(shape: tuple[int, ...], dim: int, count: int, ratio: float, boost: float,
+              top: float) -> tuple[list[int], list[int], int]:
+    """(high ranks, low ranks, rows in the high tier) so that the table, with its byte per token of
+    tier map, is `ratio` times smaller than dense float32. The high tier gets about `boost` times
+    the average budget; at least a fraction `top` of rows are in it."""
+    budget = dim / ratio - 0.25  # floats per row, less the tier map's byte
+    high = ranks_for_budget(shape, boost * budget)
+    if row_params(shape, high) <= budget:
+        high = ranks_above(shape, ranks_for_budget(shape, budget))
+    p_high = row_params(shape, high)
+    rest = (budget - min(top, 0.99) * p_high) / (1 - min(top, 0.99))
+    low = ranks_for_budget(shape, max(rest, row_params(shape, [1] * (len(shape) - 1))))
+    p_low = row_params(shape, low)
+    if p_low >= budget:
+        raise TensoredgeError(f"ratio {ratio:g} leaves no room for two tiers in rows of shape {shape}: "
+                              "lower the ratio or use tiers=1")
+    high_rows = round(count * (budget - p_low) / (p_high - p_low))
+    return high, low, min(max(high_rows, 1), count - 1)
 
 
 class TensorTrainEmbedding:
-    """`tt`: per-token TT. Parameters: ratio=R (compression of the table) or rank=R (cap), shape=AxBxC,
-    head=shared|dense (what a tied LM head becomes; see toolkit.compress.shared_head)."""
+    """`tt`: per-token TT. Parameters: ratio=R (compression of the table), rank=R (cap) or eps=E
+    (relative error per row); shape=AxBxC or order=N; tiers=2 with by=freq|norm, boost=B, top=F
+    (two rank settings, see `tier_plan`); head=shared|dense|lowrank (toolkit.compress.shared_head)."""
 
     name = "tt"
-    params = ("ratio", "rank", "shape", "order")
+    params = ("ratio", "rank", "eps", "shape", "order", "tiers", "by", "boost", "top")
     kinds = ("embedding",)
 
-    def compress(self, module: nn.Module, spec: MethodSpec, ctx: Context | None = None) -> TTEmbedding:
+    def compress(self, module: nn.Module, spec: MethodSpec, ctx: Context | None = None) -> Factorized:
         weight = module.weight.detach()
         count, dim = weight.shape
         shape = spec.params.get("shape") or tensor_shape(dim, int(spec.number("order") or 3))
         if not isinstance(shape, tuple) or math.prod(shape) < dim:
             raise TensoredgeError(f"shape {shape} in '{spec}' must multiply to at least {dim}, e.g. shape=8x8x12")
-        ratio, rank = spec.number("ratio"), spec.number("rank")
-        if (ratio is None) == (rank is None):
-            raise TensoredgeError(f"'{spec}' needs exactly one of ratio= or rank=, e.g. tt:ratio=4")
-        if ratio is not None:
-            if ratio <= 1:
-                raise TensoredgeError(f"ratio {ratio:g} in '{spec}' would not reduce parameters: use a ratio > 1")
-            ranks = ranks_for_budget(shape, int(dim / ratio))
-        else:
-            ranks = [min(int(rank), lim) for lim in max_ranks(shape)]
-            if row_params(shape, ranks) >= dim:
-                raise TensoredgeError(
-                    f"rank {int(rank)} in '{spec}' keeps {row_params(shape, ranks)} values per row, "
-                    f"not fewer than the dense {dim}: lower the rank"
-                )
+        ratio, rank, eps = spec.number("ratio"), spec.number("rank"), spec.number("eps")
+        if sum(x is not None for x in (ratio, rank, eps)) != 1:
+            raise TensoredgeError(f"'{spec}' needs exactly one of ratio=, rank= or eps=, e.g. tt:ratio=4")
+        tiers = int(spec.number("tiers") or 1)
+        if tiers not in (1, 2) or (tiers == 2 and ratio is None):
+            raise TensoredgeError(f"tiers={tiers} in '{spec}': use tiers=1, or tiers=2 with ratio=")
         padded = torch.nn.functional.pad(weight, (0, math.prod(shape) - dim))
-        out = TTEmbedding(count, dim, shape, ranks)
-        for param, core in zip(out.cores, tt_svd_rows(padded, shape, ranks)):
+        if ratio is not None and ratio <= 1:
+            raise TensoredgeError(f"ratio {ratio:g} in '{spec}' would not reduce parameters: use a ratio > 1")
+        if tiers == 2:
+            return self.tiered(weight, padded, shape, spec, ctx)
+        if eps is not None:
+            if eps <= 0:
+                raise TensoredgeError(f"eps {eps:g} in '{spec}' must be > 0, e.g. tt:eps=0.3")
+            result = tt_svd(padded, shape, eps=eps)
+        else:
+            if ratio is not None:
+                ranks = ranks_for_budget(shape, dim / ratio)
+            else:
+                ranks = [min(int(rank), lim) for lim in max_ranks(shape)]
+            result = tt_svd(padded, shape, ranks)
+        if row_params(shape, result.ranks) >= dim:
+            raise TensoredgeError(
+                f"'{spec}' keeps ranks {result.ranks}: {row_params(shape, result.ranks)} values per row, "
+                f"not fewer than the dense {dim}: lower the rank or raise eps"
+            )
+        out = TTEmbedding(count, dim, shape, result.ranks)
+        for param, core in zip(out.cores, result.cores):
             param.data.copy_(core)
+        return out
+
+    def tiered(self, weight: torch.Tensor, padded: torch.Tensor, shape: tuple[int, ...], spec: MethodSpec,
+               ctx: Context | None) -> TieredTTEmbedding:
+        count, dim = weight.shape
+        by = spec.params.get("by", "freq")
+        if by == "freq":
+            if ctx is None:
+                raise TensoredgeError("by=freq needs the compression context (calibration text): use by=norm")
+            score = token_counts(ctx, count).double() + weight.norm(dim=-1).double() / (weight.norm(dim=-1).max() + 1)
+        elif by == "norm":
+            score = weight.norm(dim=-1).double()
+        else:
+            raise TensoredgeError(f"by={by} in '{spec}': choose by=freq or by=norm")
+        high, low, high_rows = tier_plan(shape, dim, count, spec.number("ratio"), spec.number("boost") or 2.0,
+                                         spec.number("top") or 0.1)
+        tier_of = torch.ones(count, dtype=torch.uint8)
+        tier_of[score.argsort(descending=True)[:high_rows]] = 0
+        out = TieredTTEmbedding(count, dim, shape, [{"count": high_rows, "ranks": high},
+                                                    {"count": count - high_rows, "ranks": low}])
+        out.tier_of.data.copy_(tier_of)
+        for t, ranks in enumerate((high, low)):
+            for param, core in zip(out.tiers[t], tt_svd(padded[tier_of == t], shape, ranks).cores):
+                param.data.copy_(core)
         return out
 
     def rebuild(self, record: dict, model: nn.Module) -> TTEmbedding:
         return TTEmbedding(record["num_embeddings"], record["dim"], tuple(record["tensor_shape"]), record["ranks"])
 
 
+class TieredRebuild:
+    """Rebuilds `tt` tables made with tiers=2 (their record's method is tt-tiered)."""
+
+    name = "tt-tiered"
+    params = ()
+    kinds = ()
+
+    def compress(self, module: nn.Module, spec: MethodSpec, ctx: Context | None = None) -> Factorized:
+        raise TensoredgeError("tt-tiered is written by tt:...,tiers=2; use that spec")
+
+    def rebuild(self, record: dict, model: nn.Module) -> TieredTTEmbedding:
+        return TieredTTEmbedding(record["num_embeddings"], record["dim"], tuple(record["tensor_shape"]),
+                                 record["tiers"])
+
+
 register(TensorTrainEmbedding())
+register(TieredRebuild())
