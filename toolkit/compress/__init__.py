@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import torch.nn as nn
 
-from toolkit.compress import low_rank, shared_head, tt_embedding  # noqa: F401 - registers the methods
+from toolkit.compress import (asvd, feature_space, low_rank, shared_head, svd_llm, trawl,  # noqa: F401 - registers
+                              tt_embedding, tt_linear)
 from toolkit.compress.context import Context
 from toolkit.compress.registry import METHODS, Factorized, get_method
 from toolkit.compress.shared_head import HEAD_POLICIES, SharedHead
