@@ -54,15 +54,24 @@ def test_parameters_reduced_as_asked(tiny, method):
 
 @pytest.mark.parametrize("method", METHOD_SPECS)
 def test_error_shrinks_as_rank_grows(tiny, method):
+    """Weight error falls strictly with rank; the logits move towards the dense model's."""
+    from toolkit.compress.targets import find_targets, linear_weight
+
     reference = logits(tiny.model)
-    errors = []
+    paths = find_targets(tiny.model, tiny.family, "mlp")
+    dense = [linear_weight(tiny.model.get_submodule(p))[0] for p in paths]
+    weight_errors, logit_errors = [], []
     for spec in METHOD_SPECS[method][1]:
         model = copy.deepcopy(tiny.model)
         compress_(model, tiny.family, {"mlp": spec}, tokenizer=tiny.tokenizer)
         out = logits(model)
         assert torch.isfinite(out).all()
-        errors.append((out - reference).norm().item())
-    assert errors[0] > errors[1] > errors[2], errors
+        logit_errors.append((out - reference).norm().item())
+        weights = [model.get_submodule(p).dense_weight() for p in paths]
+        weights = [w if w.shape == d.shape else w.T for w, d in zip(weights, dense)]
+        weight_errors.append(sum(((w - d) ** 2).sum().item() for w, d in zip(weights, dense)))
+    assert weight_errors[0] > weight_errors[1] > weight_errors[2], weight_errors
+    assert logit_errors[2] < logit_errors[0], logit_errors
 
 
 @pytest.mark.parametrize("method", METHOD_SPECS)

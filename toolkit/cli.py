@@ -85,6 +85,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--removals", default="0.1,0.2,0.3", help="fractions of FC parameters to remove (default: %(default)s)")
     p.add_argument("--methods", default="svd-llm,feature,asvd,svd,tt-linear,trawl",
                    help="methods to sweep (default: %(default)s)")
+    p.add_argument("--objective", choices=["relative", "absolute"], default="relative",
+                   help="surgical allocation minimises the sum of per-layer output errors relative to each "
+                        "layer's output energy, or as is (default: %(default)s)")
     p.add_argument("--render-only", action="store_true", help="redraw table and plot from an existing fc-sweep.json")
     add_json(p)
 

@@ -152,7 +152,7 @@ def sweep(args: argparse.Namespace) -> dict:
         except ValueError:
             raise TensoredgeError(f"--removals '{args.removals}' must be fractions, e.g. 0.1,0.2,0.3") from None
         result = run_fc_sweep(args.model, out, removals, tuple(args.methods.split(",")), args.max_tokens,
-                              args.calibration_tokens, progress=say)
+                              args.calibration_tokens, args.objective, progress=say)
     print(f"wrote {render(result, out)}")
     return result
 

@@ -73,12 +73,12 @@ def capture_inputs(model: nn.Module, paths: list[str], ids: torch.Tensor,
                     alias.setdefault(path, owner)
                     return
             seen.append((x, path))
-            flat = x.reshape(-1, x.shape[-1]).double()
+            flat = x.reshape(-1, x.shape[-1]).float()
             s = stats.setdefault(path, _new_stats(x))
             s.count += flat.shape[0]
-            s.total += flat.sum(0)
-            s.total_abs += flat.abs().sum(0)
-            s.gram += flat.T @ flat
+            s.total += flat.double().sum(0)
+            s.total_abs += flat.double().abs().sum(0)
+            s.gram += (flat.T @ flat).double()  # one sequence in float32 (4x faster), summed in float64
         return record
 
     handles = [model.get_submodule(p).register_forward_hook(hook(p)) for p in paths]

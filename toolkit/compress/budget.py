@@ -45,8 +45,12 @@ def uniform_ranks(facts: dict[str, Factorization], remove: float) -> dict[str, i
     return ranks
 
 
-def surgical_ranks(facts: dict[str, Factorization], remove: float) -> dict[str, int]:
-    """Ranks (0 = dense) minimising the sum of relative output errors within the parameter budget."""
+OBJECTIVES = ("relative", "absolute")
+
+
+def surgical_ranks(facts: dict[str, Factorization], remove: float, objective: str = "relative") -> dict[str, int]:
+    """Ranks (0 = dense) minimising the sum of output errors within the parameter budget; each
+    layer's error relative to its output energy ("relative"), or as is ("absolute")."""
     total = sum(f.dense_params() for f in facts.values())
     budget = total * (1 - remove)
     options = {}  # path -> (params per option, relative error per option); option 0 is dense
@@ -55,7 +59,9 @@ def surgical_ranks(facts: dict[str, Factorization], remove: float) -> dict[str, 
         ranks = torch.arange(1, top + 1)
         params = torch.cat([torch.tensor([float(fact.dense_params())]),
                             (ranks * (fact.in_features + fact.out_features) + (fact.out_features if fact.has_bias else 0)).double()])
-        error = torch.cat([torch.zeros(1, dtype=torch.float64), fact.error[1 : top + 1].double()]) / max(fact.energy, 1e-30)
+        error = torch.cat([torch.zeros(1, dtype=torch.float64), fact.error[1 : top + 1].double()])
+        if objective == "relative":
+            error = error / max(fact.energy, 1e-30)
         options[path] = (params, error)
 
     def choose(lam: float) -> tuple[dict[str, int], float]:
@@ -77,12 +83,14 @@ def surgical_ranks(facts: dict[str, Factorization], remove: float) -> dict[str, 
     return choose(high)[0]
 
 
-def allocate(facts: dict[str, Factorization], remove: float, how: str) -> dict[str, int]:
+def allocate(facts: dict[str, Factorization], remove: float, how: str, objective: str = "relative") -> dict[str, int]:
     if how not in ALLOCATIONS:
         raise TensoredgeError(f"allocation '{how}' unknown: choose one of {', '.join(ALLOCATIONS)}")
+    if objective not in OBJECTIVES:
+        raise TensoredgeError(f"objective '{objective}' unknown: choose one of {', '.join(OBJECTIVES)}")
     if not 0 < remove < 1:
         raise TensoredgeError(f"remove={remove:g} must be a fraction between 0 and 1, e.g. 0.2 for 20%")
-    return (uniform_ranks if how == "uniform" else surgical_ranks)(facts, remove)
+    return uniform_ranks(facts, remove) if how == "uniform" else surgical_ranks(facts, remove, objective)
 
 
 def apply_ranks_(model: nn.Module, facts: dict[str, Factorization], ranks: dict[str, int]) -> None:
@@ -144,11 +152,11 @@ def compress_to_perplexity_(model: nn.Module, family: str, method: str, max_incr
     tokens (after the calibration tokens) rises by at most `max_increase` (0.4 = +40%)."""
     if max_increase <= 0:
         raise TensoredgeError(f"allowed perplexity increase {max_increase:g} must be positive, e.g. 0.4 for +40%")
-    from toolkit.data import wikitext2_ids
+    from toolkit.compress.context import valid_ids
 
     ctx = Context(model, family, tokenizer)
     facts = factorize_fc(ctx, method, targets, progress)
-    valid = torch.tensor(wikitext2_ids(tokenizer, "valid"))
+    valid = valid_ids(tokenizer)
     ids = valid[ctx.calibration_tokens : ctx.calibration_tokens + held_out]
     if len(ids) < 256:
         ids = valid[-held_out:]  # a short split: fall back to its tail (still valid, never test)

@@ -11,6 +11,7 @@ import torch.nn as nn
 from toolkit.compress.context import Context
 from toolkit.compress.low_rank import Factorization, LowRankMethod, output_error
 from toolkit.compress.registry import register
+from toolkit.compress.svd_llm import whitening
 from toolkit.compress.targets import linear_weight
 from toolkit.errors import TensoredgeError
 
@@ -28,9 +29,8 @@ class FeatureSpace(LowRankMethod):
         weight, bias, layout = linear_weight(module)
         w = weight.double()
         covariance = stats.covariance
-        eigenvalues, vectors = torch.linalg.eigh(w @ covariance @ w.T)
-        keep = min(w.shape)  # the output covariance has at most this rank
-        basis = vectors.flip(1)[:, :keep]  # descending eigenvalues
+        # eigenvectors of the output covariance W C W^T = left singular vectors of W L (L L^T = C)
+        basis = torch.linalg.svd(w @ whitening(covariance), full_matrices=False)[0]
         mean_out = w @ stats.mean
         up, down = basis, basis.T @ w
         error, energy = output_error(up, down, covariance)

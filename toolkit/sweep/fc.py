@@ -57,9 +57,19 @@ class Reference:
 
 
 def variants(removals: tuple[float, ...], methods: tuple[str, ...]) -> list[tuple[str, str, float]]:
-    """(method, allocation, removal) in the order they are measured: most promising first."""
-    out = [(m, a, r) for m in methods if m in LOW_RANK for a in ("surgical", "uniform") for r in removals]
-    return out + [(m, "uniform", r) for m in methods if m in WHOLE_STACK for r in removals]
+    """(method, allocation, removal) in the order given. A method written `name@0.1/0.2` is measured
+    at those removals only (to spend the time where the answer is open)."""
+    out = []
+    for entry in methods:
+        name, _, only = entry.partition("@")
+        chosen = tuple(float(x) for x in only.split("/")) if only else removals
+        allocations = ("surgical", "uniform") if name in LOW_RANK else ("uniform",)
+        if name not in LOW_RANK + WHOLE_STACK:
+            from toolkit.errors import TensoredgeError
+
+            raise TensoredgeError(f"unknown method '{name}' for sweep fc: choose from {', '.join(LOW_RANK + WHOLE_STACK)}")
+        out += [(name, a, r) for a in allocations for r in chosen]
+    return out
 
 
 def whole_stack_spec(method: str, removal: float) -> str:
@@ -69,7 +79,8 @@ def whole_stack_spec(method: str, removal: float) -> str:
 
 def run_fc_sweep(model_ref: str, out_dir: Path, removals: tuple[float, ...] = (0.1, 0.2, 0.3),
                  methods: tuple[str, ...] = (*LOW_RANK, *WHOLE_STACK), max_tokens: int = 2048,
-                 calibration_tokens: int = 8192, progress: Callable[[str], None] = print) -> dict:
+                 calibration_tokens: int = 8192, objective: str = "relative",
+                 progress: Callable[[str], None] = print) -> dict:
     """Measure every variant; after each one, rewrite <out_dir>/fc-sweep.json (partial runs keep)."""
     from toolkit.checkpoint import open_model
     from toolkit.compress import compress_
@@ -91,7 +102,7 @@ def run_fc_sweep(model_ref: str, out_dir: Path, removals: tuple[float, ...] = (0
     result = {
         "model": loaded.name, "family": loaded.family, "dataset": "wikitext-2 test",
         "tokens": len(ids), "context": context, "stride": context // 2,
-        "calibration": f"wikitext-2 valid, first {calibration_tokens} tokens",
+        "calibration": f"wikitext-2 valid, first {calibration_tokens} tokens", "surgical_objective": objective,
         "model_params": count_parameters(model)["total"]["params"], "fc_params": fc_dense,
         "dense": reference.scores, "anchors": ANCHORS, "hopeless_perplexity": HOPELESS, "rows": [],
     }
@@ -110,7 +121,7 @@ def run_fc_sweep(model_ref: str, out_dir: Path, removals: tuple[float, ...] = (0
             trial = copy.deepcopy(model)
             if method in LOW_RANK:
                 facts = factorize_fc(ctx, method, ("mlp", "attention"), progress)
-                ranks = allocate(facts, removal, how)
+                ranks = allocate(facts, removal, how, objective)
                 apply_ranks_(trial, facts, ranks)
                 row |= summary(trial, facts, ranks)
             else:
