@@ -36,7 +36,7 @@ def few_calibration_tokens(monkeypatch):
     """Tiny models need little calibration text; WikiText-2 valid is still what is read."""
     from toolkit.compress import context
 
-    monkeypatch.setattr(context.Context, "calibration_tokens", 2048)
+    monkeypatch.setattr(context.Context, "calibration_tokens", 1024)
 
 
 @pytest.mark.parametrize("method", METHOD_SPECS)

@@ -85,9 +85,10 @@ def capture_inputs(model: nn.Module, paths: list[str], ids: torch.Tensor,
     try:
         usable = ids[: len(ids) // length * length] if len(ids) >= length else ids
         batches = usable.reshape(-1, min(length, len(usable)))
+        body = getattr(model, "base_model", model)  # the transformer without its LM head: logits are not needed
         for i, batch in enumerate(batches):
             seen.clear()
-            model(batch[None])
+            body(batch[None])
             if progress:
                 progress(f"calibration sequence {i + 1}/{len(batches)}")
     finally:

@@ -123,7 +123,7 @@ def decompose(tensor: torch.Tensor, decomp: str, ranks: tuple[int, int, int]):
     with tensorly.backend_context("pytorch"), warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="Trying to compute SVD")  # ranks capped by the unfolding
         if decomp == "cp":
-            cp = parafac(tensor, rank=ranks[0], init="svd", n_iter_max=50, tol=1e-7, random_state=0)
+            cp = parafac(tensor, rank=ranks[0], init="svd", n_iter_max=30, tol=1e-7, random_state=0)
             return cp.weights, cp.factors
         ranks = [min(r, n) for r, n in zip(ranks, tensor.shape)]
         return tucker(tensor, rank=ranks, init="svd", n_iter_max=10, tol=1e-7, random_state=0)
