@@ -10,7 +10,7 @@ import torch
 
 from toolkit.checkpoint import load_compressed, save_compressed
 from toolkit.compress import compress_, factorized_modules, parse_spec
-from toolkit.compress.activations import capture_inputs
+from toolkit.compress.activations import capture_inputs, input_stats
 from toolkit.compress.registry import METHODS
 from toolkit.counting import count_parameters
 from toolkit.errors import TensoredgeError
@@ -112,6 +112,7 @@ def test_whitened_svd_is_optimal_for_the_calibration_output_error(tiny_llama):
 
     ctx = Context(tiny_llama.model, "llama", tiny_llama.tokenizer, calibration_tokens=2048)
     path = find_targets(tiny_llama.model, "llama", "mlp")[2]  # down_proj: 128 inputs
+    input_stats(ctx, [path])  # before svd, which uses calibration only when it is there
     facts = {m: METHODS[m].factorizations([path], ctx)[path] for m in ("svd", "asvd", "svd-llm")}
     stats = ctx.cache["input_stats"][path]
     weight = tiny_llama.model.get_submodule(path).weight.double()
