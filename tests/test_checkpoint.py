@@ -42,7 +42,7 @@ def test_manifest_records_ranks_and_shapes(tiny_gpt2, tmp_path):
     assert modules["transformer.wte"]["ranks"] == [3, 3]
     assert modules["transformer.wte"]["tensor_shape"] == [4, 4, 4]
     assert modules["transformer.h.0.mlp.c_fc"] == {"method": "svd", "in_features": 64, "out_features": 256,
-                                                   "rank": 5, "bias": True, "layout": "conv1d"}
+                                                   "rank": 5, "bias": True, "layout": "conv1d", "fit": "svd"}
     assert modules["lm_head"] == {"method": "shared-head", "embedding": "transformer.wte"}
 
 

@@ -65,7 +65,32 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("compress", help="compress a model and save it (safetensors + manifest)")
     add_model(p)
     add_plan(p)
+    p.add_argument("--fc", metavar="METHOD", help="budgeted MLP + attention compression with svd, asvd, svd-llm "
+                                                 "or feature; give --remove or --max-ppl-increase")
+    p.add_argument("--remove", type=float, help="fraction of the MLP + attention parameters to remove, e.g. 0.2")
+    p.add_argument("--max-ppl-increase", type=float,
+                   help="instead of --remove: largest removal whose WikiText-2 valid perplexity rises at most "
+                        "this much, e.g. 0.4 for +40%%")
+    p.add_argument("--alloc", choices=["surgical", "uniform"], default="surgical",
+                   help="per-layer ranks by measured sensitivity, or the same ratio everywhere (default: %(default)s)")
     p.add_argument("--out", required=True, help="output folder")
+    add_json(p)
+
+    p = sub.add_parser("sweep", help="measure many compressed variants: perplexity and KL vs parameters removed; "
+                                     "JSON, Markdown table and plot")
+    p.add_argument("target", choices=["fc"], help="fc: MLP + attention methods, uniform vs surgical ranks")
+    add_model(p)
+    p.add_argument("--out", default="docs", help="folder for fc-sweep.json/.md/.png (default: %(default)s)")
+    p.add_argument("--max-tokens", type=int, default=2048, help="WikiText-2 test tokens scored (default: %(default)s)")
+    p.add_argument("--calibration-tokens", type=int, default=8192,
+                   help="WikiText-2 valid tokens for calibration (default: %(default)s)")
+    p.add_argument("--removals", default="0.1,0.2,0.3", help="fractions of FC parameters to remove (default: %(default)s)")
+    p.add_argument("--methods", default="svd-llm,feature,asvd,svd,tt-linear,trawl",
+                   help="methods to sweep (default: %(default)s)")
+    p.add_argument("--objective", choices=["relative", "absolute"], default="relative",
+                   help="surgical allocation minimises the sum of per-layer output errors relative to each "
+                        "layer's output energy, or as is (default: %(default)s)")
+    p.add_argument("--render-only", action="store_true", help="redraw table and plot from an existing fc-sweep.json")
     add_json(p)
 
     p = sub.add_parser("export", help="export to ONNX (factors kept), GGUF (llama.cpp) or the factorized "

@@ -99,19 +99,77 @@ def compress(args: argparse.Namespace) -> dict:
     from toolkit.errors import TensoredgeError
 
     plan = plan_of(args)
-    if not plan:
-        raise TensoredgeError("nothing to compress: give --embedding, --mlp and/or --attention SPEC, e.g. --mlp svd:ratio=1.5")
+    budget = fc_budget(args)
+    if not plan and not budget:
+        raise TensoredgeError("nothing to compress: give --embedding, --mlp and/or --attention SPEC, e.g. --mlp svd:ratio=1.5, "
+                              "or --fc METHOD with --remove or --max-ppl-increase")
+    if budget and ({"mlp", "attention"} & set(plan)):
+        raise TensoredgeError("--fc already compresses the MLP and attention layers: drop --mlp/--attention")
     loaded = open_model(args.model)
     before = count_parameters(loaded.model)
     start = time.time()
-    compress_(loaded.model, loaded.family, plan, tokenizer=loaded.tokenizer, progress=say)
+    if plan:
+        compress_(loaded.model, loaded.family, plan, tokenizer=loaded.tokenizer, progress=say)
+    allocation = None
+    if budget:
+        allocation = run_fc_budget(loaded, args)
+        plan = plan | {"fc": budget}
+        say(f"fc: {allocation['removed_of_fc']:.1%} of the MLP + attention parameters removed "
+            f"({allocation['layers_dense']} of {allocation['layers']} layers left dense)")
     seconds = time.time() - start
     after = count_parameters(loaded.model)
     save_compressed(loaded, plan, args.out)
     print(parameter_table(before, after))
     print(f"saved to {args.out} ({seconds:.1f} s to compress)")
     return {"model": loaded.name, "plan": plan, "out": args.out, "seconds": seconds,
-            "parameters_before": before, "parameters_after": after}
+            "parameters_before": before, "parameters_after": after, "fc_budget": allocation}
+
+
+def fc_budget(args: argparse.Namespace) -> str | None:
+    """The --fc budget as text for the manifest's plan, or None; half-given budgets are errors."""
+    from toolkit.errors import TensoredgeError
+
+    if args.fc is None:
+        if args.remove is not None or args.max_ppl_increase is not None:
+            raise TensoredgeError("--remove and --max-ppl-increase need --fc METHOD, e.g. --fc svd-llm --remove 0.2")
+        return None
+    if (args.remove is None) == (args.max_ppl_increase is None):
+        raise TensoredgeError("--fc needs exactly one of --remove FRACTION or --max-ppl-increase FRACTION")
+    goal = f"remove={args.remove:g}" if args.remove is not None else f"max_ppl_increase={args.max_ppl_increase:g}"
+    return f"{args.fc}:{goal},alloc={args.alloc}"
+
+
+def run_fc_budget(loaded, args: argparse.Namespace) -> dict:
+    from toolkit.compress.budget import compress_budget_, compress_to_perplexity_
+
+    if args.remove is not None:
+        return compress_budget_(loaded.model, loaded.family, args.fc, args.remove, args.alloc,
+                                tokenizer=loaded.tokenizer, progress=say)
+    return compress_to_perplexity_(loaded.model, loaded.family, args.fc, args.max_ppl_increase, args.alloc,
+                                   tokenizer=loaded.tokenizer, progress=say)
+
+
+def sweep(args: argparse.Namespace) -> dict:
+    import json
+
+    from toolkit.errors import TensoredgeError
+    from toolkit.sweep.fc import render, run_fc_sweep
+
+    out = Path(args.out)
+    if args.render_only:
+        path = out / "fc-sweep.json"
+        if not path.is_file():
+            raise TensoredgeError(f"--render-only needs {path}: run the sweep first")
+        result = json.loads(path.read_text())
+    else:
+        try:
+            removals = tuple(float(x) for x in args.removals.split(","))
+        except ValueError:
+            raise TensoredgeError(f"--removals '{args.removals}' must be fractions, e.g. 0.1,0.2,0.3") from None
+        result = run_fc_sweep(args.model, out, removals, tuple(args.methods.split(",")), args.max_tokens,
+                              args.calibration_tokens, args.objective, progress=say)
+    print(f"wrote {render(result, out)}")
+    return result
 
 
 def parameter_table(before: dict, after: dict) -> str:

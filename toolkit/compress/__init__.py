@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import torch.nn as nn
 
-from toolkit.compress import low_rank, shared_head, tt_embedding  # noqa: F401 - registers the methods
-from toolkit.compress import svd_embedding, tt_matrix  # noqa: F401 - registers the methods
+from toolkit.compress import (asvd, feature_space, low_rank, shared_head, svd_embedding,  # noqa: F401 - registers
+                              svd_llm, trawl, tt_embedding, tt_linear, tt_matrix)
 from toolkit.compress.context import Context
 from toolkit.compress.registry import METHODS, Factorized, get_method
 from toolkit.compress.shared_head import HEAD_PARAMS, HEAD_POLICIES, SharedHead

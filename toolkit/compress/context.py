@@ -29,8 +29,20 @@ class Context:
             if self.tokenizer is None:
                 raise TensoredgeError("this method needs calibration text, so a tokenizer: "
                                       "load the model with toolkit's load_model, which provides one")
-            from toolkit.data import wikitext2_ids
-
-            ids = wikitext2_ids(self.tokenizer, "valid")[: self.calibration_tokens]
-            self.cache["ids"] = torch.tensor(ids, dtype=torch.long)
+            self.cache["ids"] = valid_ids(self.tokenizer)[: self.calibration_tokens]
         return self.cache["ids"]
+
+
+_VALID: list[tuple[object, torch.Tensor]] = []  # (tokenizer, its WikiText-2 valid ids): tokenized once
+
+
+def valid_ids(tokenizer) -> torch.Tensor:
+    """All WikiText-2 valid token ids for `tokenizer` (tokenizing the split costs seconds)."""
+    for known, ids in _VALID:
+        if known is tokenizer:
+            return ids
+    from toolkit.data import wikitext2_ids
+
+    ids = torch.tensor(wikitext2_ids(tokenizer, "valid"), dtype=torch.long)
+    _VALID[:] = [(tokenizer, ids)]
+    return ids

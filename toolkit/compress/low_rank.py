@@ -1,6 +1,14 @@
-"""Truncated SVD of a linear layer into two thin linears (rank r)."""
+"""Two thin linears (rank r) in place of one: truncated SVD, and the shared machinery of every
+method that ends in a `LowRankLinear` (ASVD, SVD-LLM, feature-space).
+
+Such a method computes a `Factorization` of a layer once (all ranks, ordered by importance,
+with the calibration output error each rank leaves); truncating it to any rank is then free,
+which is what budgeted rank allocation (toolkit.compress.budget) needs.
+"""
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
@@ -15,7 +23,7 @@ from toolkit.errors import TensoredgeError
 class LowRankLinear(Factorized):
     """y = up(down(x)): `down` is (rank x in), `up` is (out x rank) with the original bias."""
 
-    def __init__(self, in_features: int, out_features: int, rank: int, bias: bool, layout: str):
+    def __init__(self, in_features: int, out_features: int, rank: int, bias: bool, layout: str, fit: str = "svd"):
         super().__init__()
         self.down = nn.Linear(in_features, rank, bias=False)
         self.up = nn.Linear(rank, out_features, bias=bias)
@@ -27,6 +35,7 @@ class LowRankLinear(Factorized):
             "rank": rank,
             "bias": bias,
             "layout": layout,  # "linear" (out x in) or "conv1d" (GPT-2's in x out)
+            "fit": fit,  # the method that chose the factors; all rebuild the same way
         }
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -40,47 +49,153 @@ class LowRankLinear(Factorized):
         return self.up.bias
 
 
-def rank_for_ratio(in_features: int, out_features: int, bias: int, ratio: float) -> int:
-    """The largest rank whose factors plus the kept bias hold at most 1/ratio of the dense layer."""
-    dense = in_features * out_features + bias
-    return int((dense / ratio - bias) // (in_features + out_features))
+@dataclass
+class Factorization:
+    """A layer at every rank: W_r = up[:, :r] @ down[:r]; bias_r = bias + shift - up[:, :r] @ coef[:r].
+
+    `error[r]` is the calibration output error per token, E||(W - W_r) x||^2 (after the bias
+    correction, where the method makes one); `energy` is E||W x||^2 on the same terms.
+    """
+
+    up: torch.Tensor  # (out, k) float64
+    down: torch.Tensor  # (k, in) float64
+    error: torch.Tensor  # (k + 1,)
+    energy: float
+    bias: torch.Tensor | None  # the original bias
+    layout: str
+    fit: str
+    shift: torch.Tensor | None = None  # mean correction (feature-space): output gains a bias
+    coef: torch.Tensor | None = None
+
+    @property
+    def out_features(self) -> int:
+        return self.up.shape[0]
+
+    @property
+    def in_features(self) -> int:
+        return self.down.shape[1]
+
+    @property
+    def has_bias(self) -> bool:
+        return self.bias is not None or self.shift is not None
+
+    def dense_params(self) -> int:
+        return self.out_features * self.in_features + (0 if self.bias is None else self.bias.numel())
+
+    def params(self, rank: int) -> int:
+        return rank * (self.out_features + self.in_features) + (self.out_features if self.has_bias else 0)
+
+    def max_rank(self) -> int:
+        """The largest rank that still holds fewer parameters than the dense layer."""
+        per = self.out_features + self.in_features
+        limit = (self.dense_params() - (self.out_features if self.has_bias else 0) - 1) // per
+        return max(0, min(limit, self.up.shape[1]))
+
+    def module(self, rank: int) -> LowRankLinear:
+        """The layer at `rank`; refused when that would not reduce parameters."""
+        if not 1 <= rank <= self.max_rank():
+            raise TensoredgeError(
+                f"rank {rank} for a {self.out_features}x{self.in_features} weight would not reduce parameters "
+                f"(limit {self.max_rank()}): lower the rank or ratio"
+            )
+        out = LowRankLinear(self.in_features, self.out_features, rank, self.has_bias, self.layout, self.fit)
+        out.down.weight.copy_(self.down[:rank].float())
+        out.up.weight.copy_(self.up[:, :rank].float())
+        if self.has_bias:
+            bias = torch.zeros(self.out_features, dtype=torch.float64)
+            if self.bias is not None:
+                bias += self.bias.double()
+            if self.shift is not None:
+                bias += self.shift - self.up[:, :rank] @ self.coef[:rank]
+            out.up.bias.copy_(bias.float())
+        return out
 
 
-class TruncatedSVD:
-    """`svd`: truncated SVD. Parameters: ratio=R (weight compression) or rank=R."""
+def output_error(up: torch.Tensor, down: torch.Tensor, moment: torch.Tensor) -> tuple[torch.Tensor, float]:
+    """(error[r] for r = 0..k, energy) when up's columns are orthogonal: the discarded terms are
+    ||up_j||^2 down_j^T M down_j, with M the input's second moment (or covariance)."""
+    terms = (up * up).sum(0) * ((down @ moment) * down).sum(1)
+    tail = torch.cat([terms.flip(0).cumsum(0).flip(0), terms.new_zeros(1)])
+    return tail.clamp_min(0), float(tail[0])
+
+
+def check_size(spec: MethodSpec) -> tuple[float | None, float | None]:
+    """(ratio, rank) of `spec`: exactly one, and a ratio above 1."""
+    ratio, rank = spec.number("ratio"), spec.number("rank")
+    if (ratio is None) == (rank is None):
+        raise TensoredgeError(f"'{spec}' needs exactly one of ratio= or rank=, e.g. {spec.method}:ratio=1.5")
+    if ratio is not None and ratio <= 1:
+        raise TensoredgeError(f"ratio {ratio:g} in '{spec}' would not reduce parameters: use a ratio > 1")
+    return ratio, rank
+
+
+def rank_of(fact: Factorization, spec: MethodSpec) -> int:
+    """The rank `spec` asks for: rank=R, or ratio=R (factors hold at most 1/R of the dense layer)."""
+    ratio, rank = check_size(spec)
+    if rank is not None:
+        return int(rank)
+    bias = fact.out_features if fact.has_bias else 0
+    return int((fact.dense_params() / ratio - bias) // (fact.in_features + fact.out_features))
+
+
+class LowRankMethod:
+    """Shared by methods whose result is a LowRankLinear: subclasses define `factorize`."""
 
     name = "svd"
     params = ("ratio", "rank")
     kinds = ("linear",)
+    needs_calibration = False
+
+    def factorize(self, module: nn.Module, path: str | None, ctx: Context | None) -> Factorization:
+        raise NotImplementedError
+
+    def factorizations(self, paths: list[str], ctx: Context, progress=None) -> dict[str, Factorization]:
+        """Factorizations of `paths` (cached in ctx.cache: every rank of a layer comes from one)."""
+        if self.needs_calibration:
+            from toolkit.compress.activations import input_stats
+
+            input_stats(ctx, paths, progress)
+        cache = ctx.cache.setdefault(f"factorizations:{self.name}", {})
+        for i, path in enumerate(paths):
+            if path not in cache:
+                cache[path] = self.factorize(ctx.model.get_submodule(path), path, ctx)
+                if progress and ((i + 1) % 20 == 0 or i + 1 == len(paths)):
+                    progress(f"{self.name}: factorized {i + 1}/{len(paths)} layers")
+        return {p: cache[p] for p in paths}
+
+    def compress_group(self, paths: list[str], spec: MethodSpec, ctx: Context) -> dict[str, LowRankLinear]:
+        check_size(spec)
+        facts = self.factorizations(paths, ctx)
+        return {path: fact.module(rank_of(fact, spec)) for path, fact in facts.items()}
 
     def compress(self, module: nn.Module, spec: MethodSpec, ctx: Context | None = None) -> LowRankLinear:
-        weight, bias, layout = linear_weight(module)
-        out_features, in_features = weight.shape
-        ratio, rank = spec.number("ratio"), spec.number("rank")
-        if (ratio is None) == (rank is None):
-            raise TensoredgeError(f"'{spec}' needs exactly one of ratio= or rank=, e.g. svd:ratio=1.5")
-        if ratio is not None and ratio <= 1:
-            raise TensoredgeError(f"ratio {ratio:g} in '{spec}' would not reduce parameters: use a ratio > 1")
-        bias_count = 0 if bias is None else bias.numel()
-        rank = int(rank) if rank is not None else rank_for_ratio(in_features, out_features, bias_count, ratio)
-        if rank < 1 or rank * (in_features + out_features) >= in_features * out_features:
-            raise TensoredgeError(
-                f"rank {rank} for a {out_features}x{in_features} weight would not reduce parameters "
-                f"(limit {in_features * out_features // (in_features + out_features)}): lower the rank or ratio"
-            )
-        u, s, vh = torch.linalg.svd(weight.double(), full_matrices=False)
-        root = s[:rank].sqrt()
-        out = LowRankLinear(in_features, out_features, rank, bias is not None, layout)
-        out.down.weight.copy_((root[:, None] * vh[:rank]).float())
-        out.up.weight.copy_((u[:, :rank] * root).float())
-        if bias is not None:
-            out.up.bias.copy_(bias)
-        return out
+        fact = self.factorize(module, None, ctx)
+        return fact.module(rank_of(fact, spec))
 
     def rebuild(self, record: dict, model: nn.Module) -> LowRankLinear:
-        return LowRankLinear(
-            record["in_features"], record["out_features"], record["rank"], record["bias"], record["layout"]
-        )
+        return LowRankLinear(record["in_features"], record["out_features"], record["rank"], record["bias"],
+                             record["layout"], record.get("fit", "svd"))
+
+
+class TruncatedSVD(LowRankMethod):
+    """`svd`: truncated SVD of the weight. Parameters: ratio=R (weight compression) or rank=R."""
+
+    name = "svd"
+
+    def factorize(self, module: nn.Module, path: str | None, ctx: Context | None) -> Factorization:
+        weight, bias, layout = linear_weight(module)
+        u, s, vh = torch.linalg.svd(weight.double(), full_matrices=False)
+        root = s.sqrt()
+        up, down = u * root, root[:, None] * vh
+        moment = self._moment(path, ctx, weight.shape[1])
+        error, energy = output_error(up, down, moment)
+        return Factorization(up, down, error, energy, None if bias is None else bias.detach(), layout, self.name)
+
+    @staticmethod
+    def _moment(path: str | None, ctx: Context | None, dim: int) -> torch.Tensor:
+        """The input's second moment when calibration stats exist, else identity (weight error)."""
+        stats = ctx.cache.get("input_stats", {}) if ctx is not None else {}
+        return stats[path].second_moment if path in stats else torch.eye(dim, dtype=torch.float64)
 
 
 register(TruncatedSVD())

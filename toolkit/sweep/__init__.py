@@ -18,6 +18,7 @@ from typing import Callable
 
 import torch.nn as nn
 
+from device_bench.files import write_json
 from toolkit.errors import TensoredgeError
 from toolkit.files import atomic_path
 from toolkit.progress import say
@@ -67,7 +68,7 @@ def run_entries(entries_for: Callable[[nn.Module], list[Entry]], args: argparse.
                 rows[int(index)] |= scores[index]
                 done["rows"][json.dumps(rows[int(index)]["plan"], sort_keys=True)] = rows[int(index)]
             pending.clear()
-        write_json(partial, done)
+        write_json(done, str(partial))
 
     for i, entry in enumerate(entries):
         cached = done["rows"].get(json.dumps(entry.plan, sort_keys=True))
@@ -105,11 +106,6 @@ def read_partial(path: Path, key: dict) -> dict:
     return {"key": key, "reference": None, "rows": {}}
 
 
-def write_json(path: Path, data: dict) -> None:
-    with atomic_path(path) as tmp:
-        tmp.write_text(json.dumps(data, indent=2) + "\n")
-
-
 def machine() -> dict:
     import os
 
@@ -123,7 +119,7 @@ def write_outputs(stem: Path, result: dict, markdown: str, plot: Callable[[Path]
     """`stem`.json, `stem`.md and `stem`.png, each written under a temporary name and renamed; the
     partial results of `run_entries` (`stem`.partial.json) are removed."""
     paths = [stem.with_suffix(".json"), stem.with_suffix(".md"), stem.with_suffix(".png")]
-    write_json(paths[0], result)
+    write_json(result, str(paths[0]))
     with atomic_path(paths[1]) as tmp:
         tmp.write_text(markdown)
     with atomic_path(paths[2]) as tmp:
