@@ -219,9 +219,9 @@ def test_sweep_embedding_writes_table_json_and_plot(tmp_path):
     import sys
 
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
-    stem = tmp_path / "docs" / "sweep"
+    stem = tmp_path / "docs" / "embedding-sweep"
     done = subprocess.run([sys.executable, "-m", "toolkit.cli", "sweep", "embedding", "--model", "tiny-gpt2",
-                           "--ratios", "3", "--head-ratios", "--max-tokens", "64", "--out", str(stem)],
+                           "--ratios", "3", "--head-ratios", "--max-tokens", "64", "--out", str(stem.parent)],
                           capture_output=True, text=True, env=env, timeout=900)
     assert done.returncode == 0, done.stderr
     result = json.loads(stem.with_suffix(".json").read_text())
@@ -234,7 +234,7 @@ def test_sweep_embedding_writes_table_json_and_plot(tmp_path):
     markdown = stem.with_suffix(".md").read_text()
     assert result["command"] in markdown and "TensorGPT" in markdown
     assert stem.with_suffix(".png").read_bytes()[:4] == b"\x89PNG"
-    assert sorted(p.name for p in stem.parent.iterdir()) == ["sweep.json", "sweep.md", "sweep.png"]
+    assert sorted(p.name for p in stem.parent.iterdir()) == ["embedding-sweep.json", "embedding-sweep.md", "embedding-sweep.png"]
 
 
 def test_sweep_rejects_bad_ratios():

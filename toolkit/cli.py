@@ -76,21 +76,26 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="output folder")
     add_json(p)
 
-    p = sub.add_parser("sweep", help="measure many compressed variants: perplexity and KL vs parameters removed; "
-                                     "JSON, Markdown table and plot")
-    p.add_argument("target", choices=["fc"], help="fc: MLP + attention methods, uniform vs surgical ranks")
+    p = sub.add_parser("sweep", help="compress with many plans and score each against the dense model; "
+                                     "JSON, Markdown table and plot under docs/")
+    p.add_argument("target", choices=["embedding", "fc"],
+                   help="embedding: TT / TT-matrix / SVD variants and head policies vs ratio; "
+                        "fc: MLP + attention methods, uniform vs surgical ranks, vs %% removed")
     add_model(p)
-    p.add_argument("--out", default="docs", help="folder for fc-sweep.json/.md/.png (default: %(default)s)")
-    p.add_argument("--max-tokens", type=int, default=2048, help="WikiText-2 test tokens scored (default: %(default)s)")
+    p.add_argument("--out", default="docs", help="folder for <target>-sweep.json/.md/.png (default: %(default)s)")
+    add_eval_window(p, max_tokens=1024)
+    p.add_argument("--ratios", type=float, nargs="+", help="embedding: compression ratios (default: 2 3.31 5 10 20 38.4)")
+    p.add_argument("--head-ratios", type=float, nargs="*", help="embedding: ratios at which the tied-head policies "
+                                                                "are compared (default: 2)")
     p.add_argument("--calibration-tokens", type=int, default=8192,
-                   help="WikiText-2 valid tokens for calibration (default: %(default)s)")
-    p.add_argument("--removals", default="0.1,0.2,0.3", help="fractions of FC parameters to remove (default: %(default)s)")
+                   help="fc: WikiText-2 valid tokens for calibration (default: %(default)s)")
+    p.add_argument("--removals", default="0.1,0.2,0.3", help="fc: fractions of FC parameters to remove (default: %(default)s)")
     p.add_argument("--methods", default="svd-llm,feature,asvd,svd,tt-linear,trawl",
-                   help="methods to sweep (default: %(default)s)")
+                   help="fc: methods to sweep (default: %(default)s)")
     p.add_argument("--objective", choices=["relative", "absolute"], default="relative",
-                   help="surgical allocation minimises the sum of per-layer output errors relative to each "
+                   help="fc: surgical allocation minimises the sum of per-layer output errors relative to each "
                         "layer's output energy, or as is (default: %(default)s)")
-    p.add_argument("--render-only", action="store_true", help="redraw table and plot from an existing fc-sweep.json")
+    p.add_argument("--render-only", action="store_true", help="fc: redraw table and plot from an existing fc-sweep.json")
     add_json(p)
 
     p = sub.add_parser("export", help="export to ONNX (factors kept), GGUF (llama.cpp) or the factorized "
@@ -157,16 +162,6 @@ def build_parser() -> argparse.ArgumentParser:
                                       "size, Pareto fronts) from bench, eval and pipeline JSON files")
     p.add_argument("runs", nargs="+", help="JSON files written by bench, eval or pipeline")
     p.add_argument("--out", required=True, help="output folder")
-    add_json(p)
-
-    p = sub.add_parser("sweep", help="compress with a list of plans, evaluate each; table, JSON and plot under docs/")
-    p.add_argument("target", choices=["embedding"], help="what to sweep")
-    add_model(p)
-    p.add_argument("--ratios", type=float, nargs="+", help="compression ratios (default: 2 3.31 5 10 20 38.4)")
-    p.add_argument("--head-ratios", type=float, nargs="*", help="ratios at which the tied-head policies are "
-                                                                "compared (default: 2)")
-    add_eval_window(p, max_tokens=1024)
-    p.add_argument("--out", help="output stem: writes STEM.json, STEM.md, STEM.png (default: docs/sweep-<target>)")
     add_json(p)
 
     p = sub.add_parser("pipeline", help="load, compress, evaluate, export and bench; one summary table")

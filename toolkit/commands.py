@@ -150,6 +150,10 @@ def run_fc_budget(loaded, args: argparse.Namespace) -> dict:
 
 
 def sweep(args: argparse.Namespace) -> dict:
+    return sweep_fc(args) if args.target == "fc" else sweep_embedding(args)
+
+
+def sweep_fc(args: argparse.Namespace) -> dict:
     import json
 
     from toolkit.errors import TensoredgeError
@@ -277,7 +281,7 @@ def report(args: argparse.Namespace) -> dict:
     return {"report": str(path)}
 
 
-def sweep(args: argparse.Namespace) -> dict:
+def sweep_embedding(args: argparse.Namespace) -> dict:
     import sys
 
     from toolkit.errors import TensoredgeError
@@ -288,7 +292,7 @@ def sweep(args: argparse.Namespace) -> dict:
         raise TensoredgeError("every ratio must be > 1, e.g. --ratios 2 5 10")
     args.ratios = args.ratios or list(embedding.RATIOS)
     args.head_ratios = embedding.HEAD_RATIOS if args.head_ratios is None else args.head_ratios
-    args.out = args.out or f"docs/sweep-{args.target}"
+    args.out = str(Path(args.out) / "embedding-sweep")
     return embedding.sweep(args, command_line(sys.argv[1:]))
 
 
