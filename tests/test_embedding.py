@@ -204,8 +204,8 @@ def test_onnx_export_of_the_new_tables(tiny_gpt2, tmp_path):
     from exporters.onnx import export_onnx
 
     compress_(tiny_gpt2.model, "gpt2", {"embedding": "tt:ratio=3,tiers=2,by=norm,head=shared"})
-    result = export_onnx(tiny_gpt2, tmp_path / "m.onnx")  # checks itself against PyTorch before writing
-    assert (tmp_path / "m.onnx").is_file() and result
+    result = export_onnx(tiny_gpt2, tmp_path / "m")  # checks itself against PyTorch before writing
+    assert (tmp_path / "m" / "model.onnx").is_file() and result["path"] == str(tmp_path / "m")
 
 
 def test_tensor_shape_pads_primes():

@@ -29,8 +29,8 @@ def few_calibration_tokens(monkeypatch):
 @pytest.mark.parametrize("method", PLANS)
 def test_onnx_export_matches_pytorch(tiny, method, tmp_path):
     compress_(tiny.model, tiny.family, PLANS[method], tokenizer=tiny.tokenizer)
-    result = export_onnx(tiny, tmp_path / "m.onnx")  # refuses to write on mismatch or re-densified graph
-    assert (tmp_path / "m.onnx").is_file() and result["path"].endswith("m.onnx")
+    result = export_onnx(tiny, tmp_path / "m")  # refuses to write on mismatch or re-densified graph
+    assert (tmp_path / "m" / "model.onnx").is_file() and result["path"] == str(tmp_path / "m")
 
 
 @pytest.mark.parametrize("method", PLANS)
