@@ -44,6 +44,7 @@ def run_pipeline(args: argparse.Namespace) -> dict:
     from toolkit.commands import evaluation_windows
     from toolkit.compress import compress_
     from toolkit.counting import count_parameters
+    from toolkit.errors import TensoredgeError
     from toolkit.evaluate import compare
     from toolkit.report import summary_markdown, summary_rows
     from toolkit.table import text_table
@@ -71,17 +72,20 @@ def run_pipeline(args: argparse.Namespace) -> dict:
     results: dict[str, dict] = {}
     for name, loaded in (("dense", dense), ("compressed", compressed)):
         onnx_path, gguf_path = out / f"{name}.onnx", out / f"{name}-{args.gguf_type}.gguf"
-        say(f"{name}: ONNX export")
-        onnx_export = export_onnx(loaded, onnx_path, progress=say)
-        say(f"{name}: GGUF export")
-        gguf_export = export_gguf(loaded, gguf_path, weight_type=args.gguf_type, progress=say)
         bench = dict(prompt_tokens=args.prompt_tokens, decode_tokens=args.decode_tokens, threads=args.threads)
-        results[name] = {
-            "parameters": count_parameters(loaded.model),
-            "scores": scores[name],
-            "onnx": {"export": onnx_export, "bench": bench_in_subprocess(onnx_path, out / f"bench-{name}-onnx.json", **bench)},
-            "gguf": {"export": gguf_export, "bench": bench_in_subprocess(gguf_path, out / f"bench-{name}-gguf.json", **bench)},
-        }
+        results[name] = {"parameters": count_parameters(loaded.model), "scores": scores[name]}
+        for fmt, path, export in (("onnx", onnx_path, lambda p: export_onnx(loaded, p, progress=say)),
+                                  ("gguf", gguf_path, lambda p: export_gguf(loaded, p, weight_type=args.gguf_type,
+                                                                            progress=say))):
+            say(f"{name}: {fmt.upper()} export")
+            try:
+                made = export(path)
+            except TensoredgeError as exc:  # an export that fails its own check is reported, not fatal
+                say(f"{name}: {fmt.upper()} export refused: {exc}")
+                results[name][fmt] = {"refused": str(exc)}
+                continue
+            results[name][fmt] = {"export": made,
+                                  "bench": bench_in_subprocess(path, out / f"bench-{name}-{fmt}.json", **bench)}
 
     summary = {
         "schema": "tensoredge.pipeline/1",
@@ -93,7 +97,8 @@ def run_pipeline(args: argparse.Namespace) -> dict:
         "evaluation": {"dataset": "wikitext-2 test", **setup, "windows": len(windows)},
         "compress_seconds": compress_s,
         "variants": results,
-        "machine": results["dense"]["onnx"]["bench"]["machine"],
+        "machine": next(v[f]["bench"]["machine"] for v in results.values() for f in ("onnx", "gguf")
+                        if "bench" in v[f]),
         "seconds": time.time() - started,
     }
     write_json(summary, out / "summary.json")
