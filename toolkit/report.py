@@ -63,7 +63,7 @@ def footnotes(summary: dict) -> list[str]:
         f"Benches: {bench['prompt_tokens']}-token random prompt, {bench['decode_tokens']} greedy decode steps, "
         f"median of {bench['repeats']} runs after {bench['warmup']} warm-up, {bench['threads']} threads.",
         "ONNX decode uses the export's KV cache; ONNX keeps the factors.",
-        *[f"{line} (the export failed its own check against PyTorch and was not written)" for line in refused],
+        *[f"{line} (the export failed its own check against PyTorch)" for line in refused],
         "GGUF files hold dense (materialised) weights: llama.cpp cannot run factorized layers.",
         f"Machine: {m.get('cpu_model')}, {m.get('cores_physical')} physical / {m.get('cores_logical')} logical "
         f"cores, {mib(m.get('memory_total_bytes'))}; {m.get('os')}.",
