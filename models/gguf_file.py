@@ -45,7 +45,7 @@ def load_gguf_file(path: Path, name: str | None = None, eval_context: int = 1024
         raise TensoredgeError(f"could not read GGUF file {path}: {first_line(exc)}") from None
     family = family_of(model.config)
     return LoadedModel(
-        name=name or path.name,
+        name=name or str(path.resolve()),  # the manifest's base_model: loadable from anywhere
         family=family,
         model=finish(model),
         tokenizer=tokenizer,

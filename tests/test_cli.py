@@ -39,6 +39,8 @@ def test_every_command_has_help(command):
     (["compress", "--model", "tiny-gpt2", "--embedding", "tt:ratio=0.5", "--out", "x"], ["would not reduce"]),
     (["compress", "--model", "tiny-gpt2", "--mlp", "tucker:ratio=2", "--out", "x"], ["unknown method 'tucker'"]),
     (["compress", "--model", "tiny-gpt2", "--out", "x"], ["nothing to compress"]),
+    (["compress", "--model", "tiny-gpt2", "--mlp", "svd:ratio=2", "--device", "tpu", "--out", "x"],
+     ["--device tpu", "use cpu or cuda"]),
     (["bench", "missing.onnx"], ["model file not found"]),
     (["export", "gguf", "--model", "tiny-gpt2", "--out", "x.gguf", "--type", "q9"], ["unknown GGUF type"]),
     (["materialize", "missing.gguf", "--out", "x.gguf"], ["cannot read container"]),

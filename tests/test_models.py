@@ -43,6 +43,7 @@ def test_gguf_file_loads_back_with_the_same_logits(tiny_gpt2, tmp_path):
     export_gguf(tiny_gpt2, tmp_path / "tiny.gguf", "f32")
     loaded = load_model(str(tmp_path / "tiny.gguf"))
     assert loaded.family == "gpt2" and loaded.gguf_pre == "gpt-2"
+    assert loaded.name == str((tmp_path / "tiny.gguf").resolve())  # a manifest's base_model loads from anywhere
     torch.testing.assert_close(logits(loaded.model), logits(tiny_gpt2.model), atol=1e-4, rtol=1e-4)
 
 

@@ -71,6 +71,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-ppl-increase", type=float,
                    help="instead of --remove: largest removal whose WikiText-2 valid perplexity rises at most "
                         "this much, e.g. 0.4 for +40%%")
+    p.add_argument("--device", default="cpu", help="where the calibration pass runs, e.g. cuda (default: %(default)s)")
     p.add_argument("--alloc", choices=["surgical", "uniform"], default="surgical",
                    help="per-layer ranks by measured sensitivity, or the same ratio everywhere (default: %(default)s)")
     p.add_argument("--out", required=True, help="output folder")
@@ -136,8 +137,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--steps", type=int, default=200)
     p.add_argument("--batch", type=int, default=4)
     p.add_argument("--seq-len", type=int, default=256)
-    p.add_argument("--lr", type=float, default=2e-3)
+    p.add_argument("--lr", type=float, default=2e-3, help="peak learning rate: 5%% warm-up, then cosine to 10%% (default: %(default)s)")
     p.add_argument("--checkpoint-every", type=int, default=25)
+    p.add_argument("--time-limit", type=float, help="stop training after this many seconds, checkpointed "
+                                                    "(evaluation still runs; a later run resumes)")
     p.add_argument("--device", default="cpu", help="cpu or cuda (default: %(default)s)")
     p.add_argument("--merge", action="store_true", help="also fold the adapters into the factors (OUT/merged)")
     add_eval_window(p, max_tokens=4096)

@@ -91,6 +91,18 @@ def eval(args: argparse.Namespace) -> dict:  # noqa: A001 - the command is calle
             **setup, "scores": scores}
 
 
+def check_device(device: str) -> None:
+    """A one-line error for a torch device this machine does not have."""
+    import torch
+
+    from toolkit.errors import TensoredgeError
+
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise TensoredgeError(f"--device {device}: torch sees no CUDA GPU here; use --device cpu")
+    if not (device == "cpu" or device.startswith("cuda")):
+        raise TensoredgeError(f"--device {device}: not a device; use cpu or cuda")
+
+
 def compress(args: argparse.Namespace) -> dict:
     from toolkit.checkpoint import open_model, save_compressed
     from toolkit.cli import plan_of
@@ -105,11 +117,12 @@ def compress(args: argparse.Namespace) -> dict:
                               "or --fc METHOD with --remove or --max-ppl-increase")
     if budget and ({"mlp", "attention"} & set(plan)):
         raise TensoredgeError("--fc already compresses the MLP and attention layers: drop --mlp/--attention")
+    check_device(args.device)
     loaded = open_model(args.model)
     before = count_parameters(loaded.model)
     start = time.time()
     if plan:
-        compress_(loaded.model, loaded.family, plan, tokenizer=loaded.tokenizer, progress=say)
+        compress_(loaded.model, loaded.family, plan, tokenizer=loaded.tokenizer, progress=say, device=args.device)
     allocation = None
     if budget:
         allocation = run_fc_budget(loaded, args)
@@ -144,9 +157,9 @@ def run_fc_budget(loaded, args: argparse.Namespace) -> dict:
 
     if args.remove is not None:
         return compress_budget_(loaded.model, loaded.family, args.fc, args.remove, args.alloc,
-                                tokenizer=loaded.tokenizer, progress=say)
+                                tokenizer=loaded.tokenizer, progress=say, device=args.device)
     return compress_to_perplexity_(loaded.model, loaded.family, args.fc, args.max_ppl_increase, args.alloc,
-                                   tokenizer=loaded.tokenizer, progress=say)
+                                   tokenizer=loaded.tokenizer, progress=say, device=args.device)
 
 
 def sweep(args: argparse.Namespace) -> dict:
@@ -318,6 +331,7 @@ def heal(args: argparse.Namespace) -> dict:
     from toolkit.evaluate import compare
     from toolkit.files import atomic_path
 
+    check_device(args.device)
     manifest = read_manifest(args.model) if is_compressed_dir(args.model) else None
     teacher_ref = args.teacher or (manifest and manifest["base_model"])
     if not teacher_ref:
@@ -328,15 +342,18 @@ def heal(args: argparse.Namespace) -> dict:
     say(f"{len(added)} TT-LoRA adapters, {adapter_parameters(loaded.model):,} trainable parameters")
     windows, setup = evaluation_windows(loaded, args)
     say(f"perplexity before healing ({setup['tokens']} WikiText-2 test tokens)")
-    before = compare(teacher.model, {"model": loaded.model}, windows, progress=say)
+    teacher.model.to(args.device)
+    loaded.model.to(args.device)
+    before = compare(teacher.model, {"model": loaded.model}, windows, progress=say, device=args.device)
     ids = torch_ids(wikitext2_ids(loaded.tokenizer, "valid"))
     config = HealConfig(steps=args.steps, batch=args.batch, seq_len=args.seq_len, lr=args.lr,
                         checkpoint_every=args.checkpoint_every)
     out = Path(args.out)
-    training = run_heal(loaded.model, teacher.model, ids, config, out, device=args.device, progress=say)
-    loaded.model.to("cpu")
+    training = run_heal(loaded.model, teacher.model, ids, config, out, device=args.device, progress=say,
+                        time_limit=args.time_limit)
     say("perplexity after healing")
-    after = compare(teacher.model.to("cpu"), {"model": loaded.model}, windows, progress=say)
+    after = compare(teacher.model, {"model": loaded.model}, windows, progress=say, device=args.device)
+    loaded.model.to("cpu")
     save_adapters(loaded.model, out / "adapter", base=args.model)
     result = {"model": args.model, "teacher": teacher_ref, "targets": targets,
               "adapter": {"rank": args.rank, "order": args.order, "alpha": args.alpha,

@@ -55,12 +55,15 @@ def compare(
     candidates: dict[str, torch.nn.Module],
     windows: list[Window],
     progress: Callable[[str], None] | None = None,
+    device: str = "cpu",
 ) -> dict[str, dict]:
-    """Perplexity of the reference and every candidate; KL(ref || cand) and top-1 agreement per token."""
+    """Perplexity of the reference and every candidate; KL(ref || cand) and top-1 agreement per token.
+
+    The models must already be on `device`; the window's ids are put there."""
     scores = {"reference": Scores(), **{name: Scores() for name in candidates}}
     start = time.time()
     for i, window in enumerate(windows):
-        ids = torch.tensor([window.ids])
+        ids = torch.tensor([window.ids], device=device)
         targets = ids[0, window.first_scored + 1 :]
         ref_logp = F.log_softmax(reference(ids).logits[0, window.first_scored : -1].float(), dim=-1)
         _accumulate(scores["reference"], ref_logp, targets)

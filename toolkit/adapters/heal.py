@@ -7,6 +7,7 @@ checkpoint resumes from it, drawing the same batches it would have drawn.
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -40,6 +41,15 @@ def distillation_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor
                     log_target=True, reduction="batchmean")
 
 
+def lr_at(step: int, config: HealConfig) -> float:
+    """Learning rate of step `step`: linear warm-up over the first 5% of steps, then cosine decay to 10%."""
+    warmup = max(1, config.steps // 20)
+    if step < warmup:
+        return config.lr * (step + 1) / warmup
+    progress = (step - warmup) / max(1, config.steps - warmup)
+    return config.lr * (0.1 + 0.45 * (1 + math.cos(math.pi * progress)))
+
+
 def batch_at(ids: torch.Tensor, step: int, config: HealConfig) -> torch.Tensor:
     """The batch of step `step`: windows at offsets drawn from a generator seeded by (seed, step)."""
     generator = torch.Generator().manual_seed(config.seed * 1_000_003 + step)
@@ -48,8 +58,10 @@ def batch_at(ids: torch.Tensor, step: int, config: HealConfig) -> torch.Tensor:
 
 
 def heal(student: nn.Module, teacher: nn.Module, ids: torch.Tensor, config: HealConfig,
-         out_dir: str | Path, device: str = "cpu", progress: Callable[[str], None] | None = None) -> dict:
-    """Train the student's adapters for `config.steps` steps; returns the loss history."""
+         out_dir: str | Path, device: str = "cpu", progress: Callable[[str], None] | None = None,
+         time_limit: float | None = None) -> dict:
+    """Train the student's adapters for `config.steps` steps, or until `time_limit` seconds have
+    passed (then checkpointed: a later run resumes); returns the loss history."""
     say = progress or (lambda _msg: None)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -68,22 +80,42 @@ def heal(student: nn.Module, teacher: nn.Module, ids: torch.Tensor, config: Heal
         say(f"resuming from step {start} ({state_path})")
     say(f"healing {adapter_parameters(student):,} adapter parameters for {config.steps} steps on {device}")
     began = time.time()
-    for step in range(start, config.steps):
-        batch = batch_at(ids, step, config).to(device)
-        with torch.no_grad():
-            target = teacher(input_ids=batch, use_cache=False).logits
-        loss = distillation_loss(student(input_ids=batch, use_cache=False).logits, target)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        history.append({"step": step + 1, "loss": loss.item()})
-        done = step + 1
-        if done % max(1, config.steps // 20) == 0 or done == config.steps:
-            rate = (done - start) / (time.time() - began)
-            say(f"step {done}/{config.steps}  KL {loss.item():.4f}  ({rate:.2f} steps/s)")
-        if done % config.checkpoint_every == 0 or done == config.steps:
-            save_state(student, optimizer, done, history, state_path)
-    return {"config": asdict(config), "device": device, "history": history}
+    precision = torch.get_float32_matmul_precision()
+    if device.startswith("cuda"):
+        torch.set_float32_matmul_precision("high")  # TF32 for training steps only; evaluation stays fp32
+    try:
+        for step in range(start, config.steps):
+            for group in optimizer.param_groups:
+                group["lr"] = lr_at(step, config)
+            loss = train_step(student, teacher, optimizer, batch_at(ids, step, config).to(device))
+            history.append({"step": step + 1, "loss": loss})
+            done = step + 1
+            if done % max(1, config.steps // 20) == 0 or done == config.steps:
+                rate = (done - start) / (time.time() - began)
+                say(f"step {done}/{config.steps}  KL {loss:.4f}  ({rate:.2f} steps/s)")
+            out_of_time = time_limit is not None and time.time() - began > time_limit
+            if done % config.checkpoint_every == 0 or done == config.steps or out_of_time:
+                save_state(student, optimizer, done, history, state_path)
+            if out_of_time and done < config.steps:
+                say(f"time limit reached: stopped after step {done} of {config.steps} (resumable)")
+                break
+    finally:
+        torch.set_float32_matmul_precision(precision)
+    seconds = time.time() - began
+    done = history[-1]["step"] if history else 0
+    return {"config": asdict(config), "device": device, "history": history, "steps_done": done,
+            "seconds": seconds, "steps_per_s": (done - start) / seconds if seconds else None}
+
+
+def train_step(student: nn.Module, teacher: nn.Module, optimizer, batch: torch.Tensor) -> float:
+    """One distillation step on `batch`; returns the loss."""
+    with torch.no_grad():
+        target = teacher(input_ids=batch, use_cache=False).logits
+    loss = distillation_loss(student(input_ids=batch, use_cache=False).logits, target)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    return loss.item()
 
 
 def save_state(student: nn.Module, optimizer, step: int, history: list[dict], path: Path) -> None:

@@ -21,12 +21,14 @@ from toolkit.errors import TensoredgeError
 Plan = dict[str, str]
 
 
-def compress_(model: nn.Module, family: str, plan: Plan, tokenizer=None, progress=None) -> None:
+def compress_(model: nn.Module, family: str, plan: Plan, tokenizer=None, progress=None,
+              device: str = "cpu") -> None:
     """Replace every layer named by `plan` with its factorized form, in place.
 
-    `tokenizer` is needed by methods that read calibration text (WikiText-2 valid).
+    `tokenizer` is needed by methods that read calibration text (WikiText-2 valid); `device` is
+    where that calibration pass runs.
     """
-    ctx = Context(model, family, tokenizer)
+    ctx = Context(model, family, tokenizer, device=device)
     specs = {target: parse_spec(text) for target, text in plan.items()}
     for target, spec in specs.items():
         method = get_method(spec.method, KIND.get(target, target))

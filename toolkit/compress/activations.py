@@ -28,6 +28,9 @@ class InputStats:
     total_abs: torch.Tensor  # sum |x|
     gram: torch.Tensor  # sum x x^T
 
+    def to(self, device: str | torch.device) -> "InputStats":
+        return InputStats(self.count, self.total.to(device), self.total_abs.to(device), self.gram.to(device))
+
     @property
     def mean(self) -> torch.Tensor:
         return self.total / self.count
@@ -50,15 +53,16 @@ class InputStats:
 
 def _new_stats(x: torch.Tensor) -> InputStats:
     dim = x.shape[-1]
-    zeros = lambda *shape: torch.zeros(*shape, dtype=torch.float64)  # noqa: E731
+    zeros = lambda *shape: torch.zeros(*shape, dtype=torch.float64, device=x.device)  # noqa: E731
     return InputStats(0, zeros(dim), zeros(dim), zeros(dim, dim))
 
 
 @torch.inference_mode()
 def capture_inputs(model: nn.Module, paths: list[str], ids: torch.Tensor,
-                   progress=None) -> dict[str, InputStats]:
+                   progress=None, device: str = "cpu") -> dict[str, InputStats]:
     """Run `ids` (1-D) through `model` in sequences of SEQUENCE tokens (or the model's context,
-    if shorter); stats of each path's input."""
+    if shorter); stats of each path's input. The pass runs on `device` (the model goes back where
+    it was); the stats are returned on the CPU."""
     config = model.config
     length = min(SEQUENCE, getattr(config, "n_positions", None) or config.max_position_embeddings)
     stats: dict[str, InputStats] = {}
@@ -82,19 +86,23 @@ def capture_inputs(model: nn.Module, paths: list[str], ids: torch.Tensor,
         return record
 
     handles = [model.get_submodule(p).register_forward_hook(hook(p)) for p in paths]
+    home = next(model.parameters()).device
+    model.to(device)
     try:
         usable = ids[: len(ids) // length * length] if len(ids) >= length else ids
         batches = usable.reshape(-1, min(length, len(usable)))
         body = getattr(model, "base_model", model)  # the transformer without its LM head: logits are not needed
         for i, batch in enumerate(batches):
             seen.clear()
-            body(batch[None])
+            body(batch[None].to(device))
             if progress:
                 progress(f"calibration sequence {i + 1}/{len(batches)}")
     finally:
         seen.clear()
         for handle in handles:
             handle.remove()
+        model.to(home)
+    stats = {p: s.to("cpu") for p, s in stats.items()}
     return {p: stats[alias.get(p, p)] for p in paths if alias.get(p, p) in stats}
 
 
@@ -110,5 +118,6 @@ def input_stats(ctx: Context, paths: list[str], progress=None) -> dict[str, Inpu
     missing = [p for p in paths if p not in cache]
     if missing:
         every = [p for t in ("mlp", "attention") for p in find_targets(ctx.model, ctx.family, t)]
-        cache.update(capture_inputs(ctx.model, sorted(set(every) | set(missing)), ctx.calibration_ids(), progress))
+        cache.update(capture_inputs(ctx.model, sorted(set(every) | set(missing)), ctx.calibration_ids(), progress,
+                                     ctx.device))
     return {p: cache[p] for p in paths}

@@ -126,9 +126,9 @@ def factorize_fc(ctx: Context, method: str, targets: tuple[str, ...], progress=N
 
 def compress_budget_(model: nn.Module, family: str, method: str, remove: float, how: str = "surgical",
                      targets: tuple[str, ...] = ("mlp", "attention"), tokenizer=None, progress=None,
-                     ctx: Context | None = None) -> dict:
+                     ctx: Context | None = None, device: str = "cpu") -> dict:
     """Compress the FC layers of `model` in place to remove `remove` of their parameters."""
-    ctx = ctx or Context(model, family, tokenizer)
+    ctx = ctx or Context(model, family, tokenizer, device=device)
     facts = factorize_fc(ctx, method, targets, progress)
     ranks = allocate(facts, remove, how)
     apply_ranks_(model, facts, ranks)
@@ -147,14 +147,15 @@ def calibration_nll(model: nn.Module, ids: torch.Tensor, length: int) -> float:
 
 def compress_to_perplexity_(model: nn.Module, family: str, method: str, max_increase: float,
                             how: str = "surgical", targets: tuple[str, ...] = ("mlp", "attention"),
-                            tokenizer=None, progress=None, steps: int = 6, held_out: int = 2048) -> dict:
+                            tokenizer=None, progress=None, steps: int = 6, held_out: int = 2048,
+                            device: str = "cpu") -> dict:
     """The largest removal (bisected, `steps` times) whose perplexity on held-out WikiText-2 *valid*
     tokens (after the calibration tokens) rises by at most `max_increase` (0.4 = +40%)."""
     if max_increase <= 0:
         raise TensoredgeError(f"allowed perplexity increase {max_increase:g} must be positive, e.g. 0.4 for +40%")
     from toolkit.compress.context import valid_ids
 
-    ctx = Context(model, family, tokenizer)
+    ctx = Context(model, family, tokenizer, device=device)
     facts = factorize_fc(ctx, method, targets, progress)
     valid = valid_ids(tokenizer)
     ids = valid[ctx.calibration_tokens : ctx.calibration_tokens + held_out]

@@ -21,6 +21,7 @@ class Context:
     family: str
     tokenizer: object | None = None
     calibration_tokens: int = 16384
+    device: str = "cpu"  # where the calibration pass runs (factorizations stay on the CPU)
     cache: dict = field(default_factory=dict)  # methods share expensive results here (e.g. activations)
 
     def calibration_ids(self) -> torch.Tensor:
