@@ -13,7 +13,7 @@ from device_bench.generate import generate_ids
 from device_bench.onnx_lm import OnnxCausalLM
 from exporters.onnx import export_onnx
 from exporters.onnx_graph import check_elements_kept, check_factors_kept, graph_weight_bytes
-from exporters.onnx_parity import cached_logits, torch_greedy
+from exporters.onnx_parity import cached_logits, check_parity, torch_greedy
 from toolkit.compress import compress_
 from toolkit.counting import count_parameters
 from toolkit.errors import TensoredgeError
@@ -98,8 +98,23 @@ def test_constant_folding_re_densifies_and_is_caught(tiny_gpt2, tmp_path_factory
 
 def test_parity_failure_writes_nothing(tiny_gpt2, tmp_path):
     with pytest.raises(TensoredgeError, match="differ from PyTorch"):
-        export_onnx(tiny_gpt2, tmp_path / "m", atol=0.0, rtol=0.0)
+        export_onnx(tiny_gpt2, tmp_path / "m", atol=0.0, rtol=0.0, float64_slack=0.0)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_rounding_beyond_the_tolerance_is_judged_against_float64(tiny_gpt2, tmp_path_factory):
+    """With no fp32 tolerance at all, a correct export still passes: it is as close to float64
+    PyTorch as PyTorch fp32 is. A model that computes something else is refused all the same."""
+    loaded, folder, _ = exported(tiny_gpt2, "dense", tmp_path_factory)
+    lm = OnnxCausalLM(folder)
+    vocab = loaded.model.config.vocab_size
+    found = check_parity(lm, loaded.model, vocab, atol=0.0, rtol=0.0)
+    assert 0 < found["float64"]["export"] <= 2 * found["float64"]["pytorch_fp32"]
+    other = copy.deepcopy(loaded.model)
+    with torch.no_grad():
+        other.lm_head.weight.mul_(1.001)  # tied with the embedding: a 0.1% different model
+    with pytest.raises(TensoredgeError, match="float64 PyTorch"):
+        check_parity(lm, other, vocab, atol=1e-4, rtol=1e-4)
 
 
 @pytest.mark.parametrize("plan", PLANS)

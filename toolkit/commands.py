@@ -235,6 +235,9 @@ def onnx_export_table(result: dict) -> str:
             p = entry["parity"]
             check = (f"logits {p['max_abs_logit_diff']:.1e}, cached {p['max_abs_cached_diff']:.1e}, "
                      f"{p['greedy_tokens_equal']} greedy tokens equal")
+            if "float64" in p:
+                check += (f"; vs float64 {p['float64']['export']:.1e} (PyTorch fp32 "
+                          f"{p['float64']['pytorch_fp32']:.1e})")
         else:
             a = entry["agreement"]
             check = f"rel. error {a['relative_logit_error']:.3f}, top-1 {a['top1_agreement']:.3f}"
