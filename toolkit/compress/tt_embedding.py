@@ -102,7 +102,7 @@ def ranks_above(shape: tuple[int, ...], ranks: list[int]) -> list[int]:
 def batched_eigh(gram: torch.Tensor, parts: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """torch.linalg.eigh of a batch of small symmetric matrices. On CPU torch solves them one after
     another on one core, so the batch is split into `parts` (default: torch's threads) solved on
-    threads at once: the same results, about 1.8x sooner on 2 idle cores (benchmarks/tt_svd_speed.py)."""
+    threads at once (torch releases the GIL): the same results, sooner when the cores are idle."""
     parts = min(parts or torch.get_num_threads(), gram.shape[0] // 1024)
     if gram.device.type != "cpu" or parts < 2:
         return torch.linalg.eigh(gram)
