@@ -12,8 +12,8 @@ import torch
 from toolkit.compress import compress_, parse_spec
 from toolkit.compress.registry import METHODS
 from toolkit.compress.shared_head import head_costs
-from toolkit.compress.tt_embedding import (TieredTTEmbedding, contract, max_ranks, row_params, tensor_shape,
-                                           token_counts, tt_svd)
+from toolkit.compress.tt_embedding import (TieredTTEmbedding, batched_eigh, contract, max_ranks, row_params,
+                                           tensor_shape, token_counts, tt_svd)
 from toolkit.counting import count_parameters
 from toolkit.errors import TensoredgeError
 
@@ -39,6 +39,39 @@ def test_batched_tt_svd_matches_tensorly_row_by_row(shape, ranks):
     theirs = np.stack([tl.tt_to_tensor(tensor_train(r.numpy().reshape(shape), rank=[1, *ranks, 1])).reshape(-1)
                        for r in rows])
     torch.testing.assert_close(ours, torch.from_numpy(theirs), rtol=1e-8, atol=1e-8)
+
+
+def test_float32_rows_are_decomposed_in_float32_with_tensorly_error():
+    import tensorly as tl
+    from tensorly.decomposition import tensor_train
+
+    torch.manual_seed(0)
+    shape, ranks = (8, 8, 12), [4, 3]
+    rows = torch.randn(300, 768) * 0.02
+    result = tt_svd(rows, shape, ranks)
+    assert all(core.dtype == torch.float32 for core in result.cores)
+    ours = contract(result.cores, 768).double()
+    theirs = torch.from_numpy(np.stack([tl.tt_to_tensor(tensor_train(r.numpy().reshape(shape).astype(np.float64),
+                                                                     rank=[1, *ranks, 1])).reshape(-1)
+                                        for r in rows.double()]))
+    error = (ours - rows.double()).norm(dim=-1)
+    torch.testing.assert_close(error, (theirs - rows.double()).norm(dim=-1), rtol=1e-5, atol=0)
+    torch.testing.assert_close(error**2, result.discarded, rtol=1e-4, atol=0)
+
+
+def test_batched_eigh_split_over_threads_equals_torch():
+    torch.manual_seed(0)
+    full = torch.randn(1500, 12, 12, dtype=torch.float64)
+    low_rank = torch.randn(1500, 12, 3, dtype=torch.float64)  # nine zero eigenvalues
+    repeated = torch.diag_embed(torch.tensor([1.0, 1.0, 1.0, 2.0, 2.0, 0.0] * 2, dtype=torch.float64))
+    rotation = torch.linalg.qr(torch.randn(1500, 12, 12, dtype=torch.float64)).Q
+    gram = torch.cat([full @ full.mT, low_rank @ low_rank.mT, rotation @ repeated @ rotation.mT])
+    for matrices in (gram, gram.float()):
+        values, vectors = batched_eigh(matrices, parts=3)
+        expected_values, expected_vectors = torch.linalg.eigh(matrices)
+        assert torch.equal(values, expected_values) and torch.equal(vectors, expected_vectors)
+        torch.testing.assert_close(vectors @ torch.diag_embed(values) @ vectors.mT, matrices,
+                                   rtol=0, atol=1e-5 * matrices.abs().max().item())
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device on this machine")
