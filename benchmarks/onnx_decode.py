@@ -143,6 +143,7 @@ def main() -> None:
     p.add_argument("--plan", default=json.dumps(PLAN), help="compression plan, JSON (default: %(default)s)")
     p.add_argument("--ppl-tokens", type=int, default=2048, help="WikiText-2 test tokens for the perplexity "
                                                                 "check on smollm2-135m (0: skip)")
+    p.add_argument("--gguf-types", default="f32,q8_0", help="llama.cpp rows (default: %(default)s)")
     p.add_argument("--work", default="/tmp/tensoredge-onnx-decode", help="scratch folder for the model files")
     p.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "onnx"))
     p.add_argument("--reuse", action="store_true", help="resume an interrupted run: keep the model files and "
@@ -168,7 +169,8 @@ def main() -> None:
     for name in ("dense", "compressed"):
         files[f"ours {name} ORT fp32"] = (work / f"ours-{name}" / "model.onnx", "onnx", 4)
         files[f"ours {name} ORT int8"] = (work / f"ours-{name}" / "model_int8.onnx", "onnx", 4)
-    for weight_type in ("f32", "q8_0"):
+    gguf_types = args.gguf_types.split(",")
+    for weight_type in gguf_types:
         files[f"llama.cpp {weight_type.upper()}"] = (work / f"dense-{weight_type}.gguf", "gguf", 2)  # f16 KV cache
     if not (args.reuse and all(path.is_file() for path, _, _ in files.values())):
         dense = load_model("gpt2-124m-random")
@@ -181,7 +183,7 @@ def main() -> None:
             say(f"tensoredge export {name} (fp32 + int8)")
             result = export_onnx(loaded, work / f"ours-{name}", precisions=("int8",), progress=say)
             (work / f"export-{name}.json").write_text(json.dumps(result, indent=1))
-        for weight_type in ("f32", "q8_0"):
+        for weight_type in gguf_types:
             say(f"GGUF {weight_type}")
             export_gguf(dense, work / f"dense-{weight_type}.gguf", weight_type=weight_type, progress=say)
     from transformers import AutoConfig

@@ -72,3 +72,17 @@ def test_gpt2_124m_random_has_gpt2_small_shapes():
     counts = count_parameters(load_model("gpt2-124m-random").model)
     assert counts["total"]["params"] == 124_439_808
     assert counts["embedding"]["params"] == 50257 * 768
+
+
+def test_llama_cpp_logits_match_pytorch_on_an_f32_gguf(tiny, tmp_path):
+    from exporters.gguf import export_gguf
+    from toolkit.evaluate import LlamaCppLogits
+
+    export_gguf(tiny, tmp_path / "m.gguf", "f32")
+    ids = torch.randint(0, tiny.model.config.vocab_size, (1, 40), generator=torch.Generator().manual_seed(0))
+    with torch.inference_mode():
+        expected = tiny.model(ids).logits
+    got = LlamaCppLogits(str(tmp_path / "m.gguf"), context=64, threads=2)(ids).logits
+    assert got.shape == expected.shape
+    assert (got - expected).abs().max() < 3e-3 * expected.abs().max()  # llama.cpp keeps its KV cache in f16
+    assert torch.equal(got.argmax(-1), expected.argmax(-1))

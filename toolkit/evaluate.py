@@ -94,6 +94,28 @@ class OnnxLogits:
         return SimpleNamespace(logits=torch.from_numpy(self.lm.logits(ids.numpy())))
 
 
+class LlamaCppLogits:
+    """A GGUF file called like a transformers model: `model(ids).logits` (batch 1), computed by
+    llama.cpp through llama-cpp-python, so a quantized file's perplexity is llama.cpp's own."""
+
+    def __init__(self, path: str, context: int = 1024, threads: int | None = None):
+        import os
+
+        from llama_cpp import Llama
+
+        self.llm = Llama(model_path=str(path), n_ctx=context, n_batch=min(context, 512), logits_all=True,
+                         n_threads=threads or os.cpu_count(), verbose=False)
+
+    def __call__(self, ids: torch.Tensor):
+        from types import SimpleNamespace
+
+        if ids.shape[0] != 1:
+            raise ValueError("LlamaCppLogits takes one sequence at a time")
+        self.llm.reset()
+        self.llm.eval(ids[0].tolist())
+        return SimpleNamespace(logits=torch.from_numpy(self.llm.scores[: ids.shape[1]].copy())[None])
+
+
 class OnnxModel:
     """An ONNX export (directory or .onnx/.ort file) ready for `compare`: name, tokenizer, context, model."""
 
