@@ -230,10 +230,16 @@ class TieredTTEmbedding(Factorized):
         return out.reshape(*ids.shape, self.dim)
 
     def dense_weight(self) -> torch.Tensor:
-        out = torch.zeros(self.num_embeddings, self.dim, dtype=self.tiers[0][0].dtype)
+        """The tiers' tables stacked, then gathered into token order. Only constant-foldable ops (no
+        boolean-mask writes), so ONNX Runtime builds a shared head's table once, at load time."""
+        tier = self.tier_of.long()
+        row = torch.zeros_like(tier)
+        offset = 0
         for t, cores in enumerate(self.tiers):
-            out[self.tier_of.long() == t] = contract(list(cores), self.dim)
-        return out
+            member = tier == t
+            row = torch.where(member, member.long().cumsum(0) - 1 + offset, row)
+            offset += cores[0].shape[0]
+        return torch.cat([contract(list(cores), self.dim) for cores in self.tiers])[row]
 
 
 def token_counts(ctx: Context, vocab: int) -> torch.Tensor:
