@@ -26,8 +26,15 @@ def graph_weight_bytes(model_proto: ModelProto) -> int:
 
 
 def graph_weight_elements(model_proto: ModelProto) -> int:
-    """Elements of every weight tensor, leaving out quantization scales and zero points."""
-    return sum(int(np.prod(t.dims)) for t in weight_tensors(model_proto) if not t.name.endswith(QUANT_PARAMS))
+    """Elements of every weight tensor, leaving out quantization scales and zero points. A
+    MatMulNBits weight counts its K x N elements: its blocks pad K to a multiple of the block size."""
+    logical = {}
+    for node in model_proto.graph.node:
+        if node.op_type == "MatMulNBits":
+            attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+            logical[node.input[1]] = attrs["K"] * attrs["N"]
+    return sum(logical.get(t.name, int(np.prod(t.dims))) for t in weight_tensors(model_proto)
+               if not t.name.endswith(QUANT_PARAMS))
 
 
 def check_factors_kept(model_proto: ModelProto, param_bytes: int) -> int:

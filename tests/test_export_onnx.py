@@ -152,3 +152,13 @@ def test_out_must_be_a_directory(tiny_gpt2, tmp_path):
     with pytest.raises(TensoredgeError, match="takes a directory"):
         export_onnx(tiny_gpt2, tmp_path / "m.onnx")
     assert (tmp_path / "m.onnx").read_bytes() == b"old"
+
+
+def test_int8_block_padding_of_small_ranks_is_not_re_densification(tiny_gpt2, tmp_path):
+    """MatMulNBits pads K to its block size (32): a rank-7 factor must count as its 7 x N elements."""
+    compress_(tiny_gpt2.model, "gpt2", {"mlp": "svd:rank=7"})
+    result = export_onnx(tiny_gpt2, tmp_path / "m", precisions=("int8",))
+    entry = result["files"]["int8"]
+    params = count_parameters(tiny_gpt2.model)["total"]["params"]
+    expected = params + entry["tied_table_stored_twice"]  # plus a few scalar constants of the graph
+    assert expected <= entry["graph_weight_elements"] <= expected * 1.0001
