@@ -265,7 +265,7 @@ def main() -> None:
     work, out = Path(args.work), Path(args.out)
     work.mkdir(parents=True, exist_ok=True)
     started, load = time.time(), os.getloadavg()
-    command = "python benchmarks/headline.py " + " ".join(sys.argv[1:])
+    command = " ".join(["python benchmarks/headline.py", *(a for a in sys.argv[1:] if a != "--reuse")])
 
     from models import load_model
     from toolkit.data import wikitext2_ids
@@ -278,13 +278,14 @@ def main() -> None:
     windows = strided_windows(wikitext2_ids(dense.tokenizer, "test")[: args.ppl_tokens], args.context,
                               args.context // 2)
     wanted = set(args.variants.split(",")) if args.variants else None
-    rows = []
+    rows, reused = [], []
     for label, plan, budget in VARIANTS:
         if wanted and label not in wanted and label != "dense":
             continue
         done = work / f"row-{slug(label)}.json"
         if args.reuse and done.is_file():
             rows.append(json.loads(done.read_text()))
+            reused.append(f"{label} ({datetime.fromtimestamp(done.stat().st_mtime, timezone.utc):%H:%M} UTC)")
             continue
         rows.append(measure_variant(label, plan, budget, dense, windows, args, work))
         write_json(rows[-1], done)
@@ -309,8 +310,11 @@ def main() -> None:
     lines = [
         "# Results: the headline comparison",
         "",
-        f"Regenerate with `{command}` (took {(time.time() - started) / 60:.0f} min). Written "
-        f"{datetime.now(timezone.utc).strftime('%Y-%m-%d %H:%M UTC')}.",
+        f"Regenerate with `{command}`. Written {datetime.now(timezone.utc).strftime('%Y-%m-%d %H:%M UTC')}"
+        + (f", by a run that took {(time.time() - started) / 60:.0f} min." if not reused else
+           f". It was assembled with `--reuse` from rows measured on this machine by this command at the times "
+           f"given: {', '.join(reused)}; the GPT-2 part likewise. Load average and bandwidth below are the "
+           "assembling run's."),
         "",
         f"- **Machine:** {machine['cpu_model']}, {machine['cores_physical']} physical / {machine['cores_logical']} "
         f"logical cores, {mib(machine['memory_total_bytes'])} RAM, {machine['os']}; {args.threads} threads. "
@@ -331,7 +335,10 @@ def main() -> None:
         f"Runtime, llama.cpp). Speed: {args.prompt_tokens}-token prompt, {args.decode_tokens} greedy decode "
         f"steps, median of {args.repeats} after a warm-up, each file benched by device_bench in its own process. "
         f"TTFT is the prompt's prefill time. Compressed GGUF files are densified (llama.cpp multiplies dense "
-        f"matrices), so they show quality, not size. Roofline: estimated bytes per token × tok/s ÷ bandwidth.",
+        f"matrices), so they show quality, not size. Roofline: estimated bytes per token × tok/s ÷ bandwidth; "
+        f"for the embedding rows in ONNX it is a lower bound, because ONNX Runtime rebuilds the shared head's "
+        f"table from the TT cores at load time and reads that dense fp32 table at every step. A refused "
+        f"export is one that failed its own check (the reason is cut to fit; results.json has it whole).",
         "",
         markdown_table(headers, table_rows(rows)),
         "",
