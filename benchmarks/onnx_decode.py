@@ -70,8 +70,12 @@ def onnx_weight_bytes(path: Path) -> int:
 
 
 def kv_bytes_per_token(config, context: float, element_bytes: int) -> float:
-    """Bytes of K and V read by one decode step at `context` positions."""
-    return 2 * config.n_layer * config.n_embd * context * element_bytes
+    """Bytes of K and V one decode step reads at `context` positions (grouped-query heads counted)."""
+    layers = getattr(config, "num_hidden_layers", None) or config.n_layer
+    heads = getattr(config, "num_attention_heads", None) or config.n_head
+    hidden = getattr(config, "hidden_size", None) or config.n_embd
+    kv_heads = getattr(config, "num_key_value_heads", None) or heads
+    return 2 * layers * kv_heads * (hidden // heads) * context * element_bytes
 
 
 def optimum_export(loaded, out: Path) -> Path:
