@@ -273,7 +273,9 @@ def main() -> None:
     from toolkit.evaluate import strided_windows
 
     machine = machine_info(args.threads)
-    bandwidth = read_bandwidth(args.threads)
+    saved = work / "bandwidth.json"  # measured with the first rows; a --reuse run keeps it, as it keeps them
+    bandwidth = json.loads(saved.read_text()) if args.reuse and saved.is_file() else read_bandwidth(args.threads)
+    write_json(bandwidth, saved)
     say(f"load average {load[0]:.2f}; memory read bandwidth {bandwidth['gb_per_s']:.1f} GB/s")
     dense = load_model("smollm2-135m")
     windows = strided_windows(wikitext2_ids(dense.tokenizer, "test")[: args.ppl_tokens], args.context,
@@ -315,8 +317,8 @@ def main() -> None:
         f"Regenerate with `{command}`. Written {datetime.now(timezone.utc).strftime('%Y-%m-%d %H:%M UTC')}"
         + (f", by a run that took {(time.time() - started) / 60:.0f} min." if not reused else
            f". It was assembled with `--reuse` from rows measured on this machine by this command at the times "
-           f"given: {', '.join(reused)}; the GPT-2 part likewise. Load average and bandwidth below are the "
-           "assembling run's."),
+           f"given: {', '.join(reused)}; the GPT-2 part likewise. The load average below is the assembling "
+           "run's; the bandwidth is the one measured when the work folder's first rows were."),
         "",
         f"- **Machine:** {machine['cpu_model']}, {machine['cores_physical']} physical / {machine['cores_logical']} "
         f"logical cores, {mib(machine['memory_total_bytes'])} RAM, {machine['os']}; {args.threads} threads. "
