@@ -1,9 +1,12 @@
 """A tensoredge ONNX export driven by ONNX Runtime and numpy only: prefill, cached decode, full logits.
 
-The graph follows Optimum's naming: inputs `input_ids`, `attention_mask`, `position_ids`,
-`past_key_values.{i}.key|value` (batch, kv_heads, past, head_dim); outputs `logits` and
-`present.{i}.key|value`. One graph serves prefill (past length 0) and decode (one new token).
-A graph with `input_ids` alone (older exports) still runs, recomputing the prefix every step.
+The graph takes `input_ids`, `attention_mask` and `past_key_values.{i}.key|value` (batch,
+kv_heads, past, head_dim) and gives `logits` and `present.{i}.key|value` (ONNX Runtime GenAI's
+names); `position_ids` is fed when a graph asks for it (older exports). One graph serves prefill
+(past length 0) and decode (one new token). A graph whose attention is GroupQueryAttention
+(metadata kv_cache = gqa-shared-buffer) decodes one sequence in place: past and present are bound
+to the same max-length buffers, so a step writes only its new keys and values. A graph with
+`input_ids` alone (older exports) still runs, recomputing the prefix every step.
 """
 
 from __future__ import annotations
@@ -17,7 +20,9 @@ import numpy as np
 
 from device_bench.errors import BenchError, first_line
 
-MODEL_FILES = ("model.onnx", "model.ort")  # what an export directory is opened by, in this order
+# what an export directory is opened by, in this order
+MODEL_FILES = tuple(f"model{suffix}.{ext}" for ext in ("onnx", "ort") for suffix in ("", "_int8", "_int4", "_fp16"))
+SHARED_BUFFER = "gqa-shared-buffer"
 PAST = re.compile(r"past_key_values\.(\d+)\.key")
 NUMPY_TYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16}
 
@@ -29,7 +34,7 @@ def model_file(path: str | os.PathLike) -> Path:
         for name in MODEL_FILES:
             if (path / name).is_file():
                 return path / name
-        raise BenchError(f"{path} holds no {' or '.join(MODEL_FILES)}: give an export directory written by "
+        raise BenchError(f"{path} holds no {', '.join(MODEL_FILES)}: give an export directory written by "
                          "`tensoredge export onnx` or a .onnx/.ort file")
     if not path.is_file():
         raise BenchError(f"model file not found: {path} (check the path)")
@@ -66,8 +71,10 @@ def open_session(path: str | os.PathLike, threads: int | None = None, optimize: 
 class OnnxCausalLM:
     """One sequence (batch 1) at a time with a KV cache, plus batched full-sequence logits."""
 
-    def __init__(self, path: str | os.PathLike, threads: int | None = None, optimize: bool = True):
+    def __init__(self, path: str | os.PathLike, threads: int | None = None, optimize: bool = True,
+                 max_tokens: int = 1024):
         self.path = model_file(path)
+        self.max_tokens = max_tokens  # the in-place cache's first size; it grows if a sequence outruns it
         self.session = open_session(self.path, threads, optimize)
         import onnxruntime as ort
 
@@ -89,6 +96,8 @@ class OnnxCausalLM:
         self.outputs = ["logits"] + [f"present.{i}.{kv}" for i in range(self.layers) for kv in ("key", "value")]
         self.meta = self.session.get_modelmeta().custom_metadata_map
         self.vocab_size = self._vocab_size(outputs["logits"].shape)
+        self.shared_buffer = self.kv_cache and self.meta.get("kv_cache") == SHARED_BUFFER
+        self._buffers: InPlaceCache | None = None
         self.reset()
 
     def _vocab_size(self, logits_shape: list) -> int:
@@ -128,6 +137,10 @@ class OnnxCausalLM:
     # The device_bench Runtime interface: one sequence, last-position logits.
     def prefill(self, ids: np.ndarray) -> np.ndarray:
         self._ids = np.asarray(ids, dtype=np.int64).reshape(-1)
+        if self.shared_buffer:
+            if self._buffers is None:
+                self._buffers = InPlaceCache(self, max(self.max_tokens, self._ids.size + 1))
+            return self._buffers.run(self._ids, 0)
         logits, self._past = self.forward(self._ids[None, :])
         return logits[0, -1]
 
@@ -135,9 +148,43 @@ class OnnxCausalLM:
         if not self.kv_cache:  # no cache in the graph: recompute the whole prefix
             return self.prefill(np.append(self._ids, np.int64(token)))
         self._ids = np.append(self._ids, np.int64(token))
+        if self.shared_buffer:
+            return self._buffers.run(self._ids[-1:], self._ids.size - 1)
         logits, self._past = self.forward(np.array([[token]], np.int64), self._past)
         return logits[0, -1]
 
     def reset(self) -> None:
         self._ids = np.zeros(0, dtype=np.int64)
         self._past = None
+
+
+class InPlaceCache:
+    """Max-length KV buffers bound as both past and present (IO binding): GroupQueryAttention
+    writes each step's keys and values in place, nothing is copied between steps."""
+
+    def __init__(self, lm: OnnxCausalLM, capacity: int):
+        import onnxruntime as ort
+
+        self.lm, self.capacity = lm, capacity
+        self.binding = lm.session.io_binding()
+        self.binding.bind_output("logits")  # first, so it is output 0
+        shape = (1, lm.kv_heads, capacity, lm.head_dim)
+        self.buffers = [ort.OrtValue.ortvalue_from_numpy(np.zeros(shape, lm.kv_dtype)) for _ in range(2 * lm.layers)]
+        for i, buffer in enumerate(self.buffers):
+            layer, kv = divmod(i, 2)
+            name = ("key", "value")[kv]
+            self.binding.bind_ortvalue_input(f"past_key_values.{layer}.{name}", buffer)
+            self.binding.bind_ortvalue_output(f"present.{layer}.{name}", buffer)
+        self.mask = np.ones((1, capacity), np.int64)
+
+    def run(self, ids: np.ndarray, start: int) -> np.ndarray:
+        """Logits of the last of `ids` (1-D), which sit at positions start.. of the sequence."""
+        end = start + ids.size
+        if end > self.capacity:  # outgrown: a larger cache, refilled from the tokens so far
+            self.__init__(self.lm, max(2 * self.capacity, end))
+            return self.run(self.lm._ids, 0)
+        self.binding.bind_output("logits")  # ORT allocates logits of this step's shape
+        self.binding.bind_cpu_input("input_ids", np.ascontiguousarray(ids[None, :]))
+        self.binding.bind_cpu_input("attention_mask", self.mask[:, :end])
+        self.lm.session.run_with_iobinding(self.binding)
+        return self.binding.get_outputs()[0].numpy()[0, -1]

@@ -15,6 +15,9 @@ PARITY_SHAPES = ((1, 5), (2, 17))  # random prompts (batch, seq) for the full-lo
 CACHED_PREFIX, CACHED_STEPS = 9, 4  # prefill this many tokens, then decode one at a time
 GREEDY_PROMPT, GREEDY_TOKENS = 8, 32
 FLOAT64_SLACK = 2.0  # an export may be this many times as far from float64 as PyTorch fp32 gets
+# int8/int4 at accuracy_level > 0: MatMulNBits quantizes activations to int8 per block, so the file
+# differs from PyTorch computing with its own dequantized weights by that rounding, not more.
+QUANTIZED_LIMITS = {"relative_logit_error": 0.05, "top1_agreement": 0.9, "cached_vs_full_relative": 0.05}
 
 
 def _ids(vocab: int, shape: tuple[int, int], seed: int) -> np.ndarray:
@@ -129,4 +132,19 @@ def check_agreement(lm: OnnxCausalLM, model: torch.nn.Module, vocab: int, limits
            if (found[k] < v if k == "top1_agreement" else found[k] > v)]
     if bad:
         raise TensoredgeError(f"{precision} export is too far from PyTorch fp32: {', '.join(bad)}; not written")
+    return found
+
+
+def check_quantized(lm: OnnxCausalLM, quantized: torch.nn.Module, model: torch.nn.Module, vocab: int, fmt,
+                    atol: float, rtol: float, slack: float = FLOAT64_SLACK) -> dict:
+    """Gate of an int8/int4 export against `quantized` (PyTorch with the file's dequantized weights):
+    the full fp32 parity gate when MatMulNBits computes in float (accuracy_level 0), else the
+    stated QUANTIZED_LIMITS. Its agreement with the float `model` is recorded, not gated: that is
+    the quantization's own cost, which perplexity measures properly."""
+    if fmt.accuracy_level == 0:
+        found = {"parity": check_parity(lm, quantized, vocab, atol, rtol, slack)}
+    else:
+        found = {"limits": QUANTIZED_LIMITS,
+                 "agreement": check_agreement(lm, quantized, vocab, QUANTIZED_LIMITS, fmt.name)}
+    found["vs_float_model"] = agreement(lm, model, vocab)
     return found

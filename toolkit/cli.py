@@ -106,9 +106,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="output: a directory for onnx (model.onnx, config, tokenizer), "
                                                 "a .gguf file for gguf and container")
     p.add_argument("--type", default="f32", help=f"GGUF weight type: {', '.join(TYPE_NAMES)} (default: %(default)s)")
-    p.add_argument("--precision", nargs="+", default=["fp32"], choices=["fp32", "int8", "fp16"],
-                   help="ONNX: also write dynamic-int8 and/or fp16 variants of the fp32 model, each checked "
-                        "against PyTorch (default: fp32 only)")
+    p.add_argument("--precision", nargs="+", default=["fp32"], choices=["fp32", "fp16", "int8", "int4"],
+                   help="ONNX: one model file per precision, each checked against PyTorch; int8/int4 are "
+                        "block-quantized weights (MatMulNBits); genai_config.json points at the first (default: fp32)")
+    p.add_argument("--block-size", type=int, default=32, help="ONNX int8/int4: weights per quantization block "
+                                                             "(power of two >= 16, default: %(default)s)")
+    p.add_argument("--accuracy-level", type=int, default=4, choices=range(5), metavar="{0..4}",
+                   help="ONNX int8/int4: MatMulNBits compute; 4 quantizes activations to int8 per block (fast), "
+                        "0 computes in fp32 (default: %(default)s)")
     p.add_argument("--ort", action="store_true",
                    help="ONNX: also write ORT-format .ort files and required_operators.config (mobile builds)")
     add_json(p)

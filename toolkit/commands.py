@@ -203,16 +203,21 @@ def export(args: argparse.Namespace) -> dict:
     from toolkit.checkpoint import open_model
     from toolkit.errors import TensoredgeError
 
-    if args.format != "onnx" and (args.ort or args.precision != ["fp32"]):
-        raise TensoredgeError("--precision and --ort apply to `export onnx` only: use --type for GGUF weight types")
+    if args.format != "onnx" and (args.ort or args.precision != ["fp32"] or args.block_size != 32
+                                  or args.accuracy_level != 4):
+        raise TensoredgeError("--precision, --block-size, --accuracy-level and --ort apply to `export onnx` only: "
+                              "use --type for GGUF weight types")
+    if args.block_size < 16 or args.block_size & (args.block_size - 1):
+        raise TensoredgeError(f"--block-size {args.block_size}: give a power of two >= 16, e.g. 32")
     loaded = open_model(args.model)
     if args.format == "onnx":
         from exporters.onnx import export_onnx
         from toolkit.checkpoint import is_compressed_dir, read_manifest
 
         reference = read_manifest(args.model)["base_model"] if is_compressed_dir(args.model) else args.model
-        result = export_onnx(loaded, args.out, precisions=tuple(args.precision), ort_format=args.ort,
-                             reference=reference, progress=say)
+        result = export_onnx(loaded, args.out, precisions=tuple(args.precision), block_size=args.block_size,
+                             accuracy_level=args.accuracy_level, ort_format=args.ort, reference=reference,
+                             progress=say)
         print(onnx_export_table(result))
         return result
     elif args.format == "gguf":
@@ -228,7 +233,7 @@ def export(args: argparse.Namespace) -> dict:
 
 
 def onnx_export_table(result: dict) -> str:
-    """One row per written model file: size, weights, and the check it passed."""
+    """One row per written model file: size, nodes, and the check it passed."""
     rows = []
     for precision, entry in result["files"].items():
         if "parity" in entry:
@@ -241,10 +246,13 @@ def onnx_export_table(result: dict) -> str:
         else:
             a = entry["agreement"]
             check = f"rel. error {a['relative_logit_error']:.3f}, top-1 {a['top1_agreement']:.3f}"
-        rows.append([entry["file"], precision, mib(entry["file_bytes"]), mib(entry["graph_weight_bytes"]), check])
+        if precision in ("int8", "int4"):
+            check = f"its own weights: {check}; vs float: rel. error " \
+                    f"{entry['vs_float_model']['relative_logit_error']:.3f}"
+        rows.append([entry["file"], precision, mib(entry["file_bytes"]), str(entry["nodes"]), check])
     for name, entry in result.get("ort", {}).get("files", {}).items():
         rows.append([name, "ORT format", mib(entry["file_bytes"]), "-", f"= .onnx within {entry['max_abs_diff_vs_onnx']:.1e}"])
-    table = text_table(["file", "precision", "size", "weights", "checked against PyTorch"], rows)
+    table = text_table(["file", "precision", "size", "nodes", "checked against PyTorch"], rows)
     return f"{table}\nexport: {result['path']} (model parameters {mib(result['model_param_bytes'])} fp32)"
 
 

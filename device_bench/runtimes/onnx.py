@@ -11,6 +11,5 @@ class OnnxRuntime(OnnxCausalLM):
     name = "onnxruntime"
 
     def __init__(self, path: str, threads: int, max_tokens: int):
-        # max_tokens is unused: the cache grows with the sequence, there is no buffer to size.
-        super().__init__(path, threads)
+        super().__init__(path, threads, max_tokens=max_tokens)  # sizes the in-place KV cache
         self.model_bytes = self.path.stat().st_size
