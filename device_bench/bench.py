@@ -20,6 +20,7 @@ from device_bench.memory import PeakRSS
 from device_bench.onnx_lm import model_file
 from device_bench.profiles import detect_profile, emulate as apply_emulation, get_profile
 from device_bench.runtimes import Runtime, runtime_class
+from device_bench.runtimes.genai import genai_model_file, is_genai_ref
 from device_bench.runtimes.torch_ref import is_torch_ref
 
 SCHEMA = "tensoredge.bench/1"
@@ -151,7 +152,10 @@ def run_bench(
         log(f"emulating {target.name}: cores {emulated['affinity']}, "
             f"memory cap {emulated['memory_cap_bytes'] / 2**20:.0f} MiB")
 
-    model_path = path if is_torch_ref(path) or not os.path.isdir(path) else str(model_file(path))
+    if is_genai_ref(path):
+        model_path = genai_model_file(path)
+    else:
+        model_path = path if is_torch_ref(path) or not os.path.isdir(path) else str(model_file(path))
     file_bytes = 0 if is_torch_ref(path) else os.path.getsize(model_path)
     with out_of_memory_errors(emulated, file_bytes), PeakRSS() as mem:
         log(f"loading {path} ({threads} threads)")
@@ -183,7 +187,7 @@ def run_bench(
     return {
         "schema": SCHEMA,
         "timestamp": timestamp,
-        "model_path": path if is_torch_ref(path) else os.path.abspath(path),
+        "model_path": path if is_torch_ref(path) or is_genai_ref(path) else os.path.abspath(path),
         "model_bytes": getattr(rt, "model_bytes", file_bytes),  # PyTorch: parameter bytes, no file
         "format": "pytorch" if is_torch_ref(path) else os.path.splitext(model_path)[1].lower().lstrip("."),
         "runtime": {"name": rt.name, "version": rt.version, "device": getattr(rt, "device_name", "cpu")},

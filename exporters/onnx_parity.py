@@ -17,7 +17,8 @@ GREEDY_PROMPT, GREEDY_TOKENS = 8, 32
 FLOAT64_SLACK = 2.0  # an export may be this many times as far from float64 as PyTorch fp32 gets
 # int8/int4 at accuracy_level > 0: MatMulNBits quantizes activations to int8 per block, so the file
 # differs from PyTorch computing with its own dequantized weights by that rounding, not more.
-QUANTIZED_LIMITS = {"relative_logit_error": 0.05, "top1_agreement": 0.9, "cached_vs_full_relative": 0.05}
+# A wrong graph or wrong weights give errors near 1; top-1 of a near-uniform (random) model is fragile.
+QUANTIZED_LIMITS = {"relative_logit_error": 0.05, "top1_agreement": 0.8, "cached_vs_full_relative": 0.05}
 
 
 def _ids(vocab: int, shape: tuple[int, int], seed: int) -> np.ndarray:
@@ -125,13 +126,14 @@ def agreement(lm: OnnxCausalLM, model: torch.nn.Module, vocab: int) -> dict:
     return {"relative_logit_error": relative, "top1_agreement": top1, "cached_vs_full_relative": own_cached}
 
 
-def check_agreement(lm: OnnxCausalLM, model: torch.nn.Module, vocab: int, limits: dict, precision: str) -> dict:
-    """Refuse a reduced-precision export whose agreement falls outside `limits` (stated per precision)."""
+def check_agreement(lm: OnnxCausalLM, model: torch.nn.Module, vocab: int, limits: dict, precision: str,
+                    reference: str = "PyTorch fp32") -> dict:
+    """Refuse a reduced-precision export whose agreement with `model` falls outside `limits`."""
     found = agreement(lm, model, vocab)
     bad = [f"{k} {found[k]:.3g} (limit {v:g})" for k, v in limits.items()
            if (found[k] < v if k == "top1_agreement" else found[k] > v)]
     if bad:
-        raise TensoredgeError(f"{precision} export is too far from PyTorch fp32: {', '.join(bad)}; not written")
+        raise TensoredgeError(f"{precision} export is too far from {reference}: {', '.join(bad)}; not written")
     return found
 
 
@@ -145,6 +147,7 @@ def check_quantized(lm: OnnxCausalLM, quantized: torch.nn.Module, model: torch.n
         found = {"parity": check_parity(lm, quantized, vocab, atol, rtol, slack)}
     else:
         found = {"limits": QUANTIZED_LIMITS,
-                 "agreement": check_agreement(lm, quantized, vocab, QUANTIZED_LIMITS, fmt.name)}
+                 "agreement": check_agreement(lm, quantized, vocab, QUANTIZED_LIMITS, fmt.name,
+                                              "PyTorch computing with its quantized weights")}
     found["vs_float_model"] = agreement(lm, model, vocab)
     return found

@@ -25,6 +25,17 @@ def align_special_tokens(tokenizer, reader) -> None:
         tokenizer.add_bos_token = bool(add_bos)
 
 
+def byte_level_decoder(tokenizer) -> None:
+    """transformers builds a GGUF's byte-level BPE tokenizer with SentencePiece's decoder chain
+    (ByteFallback, Fuse, Replace, ByteLevel); a plain ByteLevel decoder decodes the same text, and
+    is what other runtimes (ONNX Runtime GenAI, onnxruntime-extensions) read correctly."""
+    from tokenizers import decoders, pre_tokenizers
+
+    backend = tokenizer.backend_tokenizer
+    if isinstance(backend.pre_tokenizer, pre_tokenizers.ByteLevel) and isinstance(backend.decoder, decoders.Sequence):
+        backend.decoder = decoders.ByteLevel()
+
+
 def load_gguf_file(path: Path, name: str | None = None, eval_context: int = 1024) -> LoadedModel:
     """Load a GGUF file (any architecture transformers can dequantize) as a float32 model."""
     from gguf import GGUFReader
@@ -41,6 +52,7 @@ def load_gguf_file(path: Path, name: str | None = None, eval_context: int = 1024
         tokenizer = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
         reader = GGUFReader(path)
         align_special_tokens(tokenizer, reader)
+        byte_level_decoder(tokenizer)
     except (ValueError, OSError, KeyError, RuntimeError) as exc:
         raise TensoredgeError(f"could not read GGUF file {path}: {first_line(exc)}") from None
     family = family_of(model.config)

@@ -7,6 +7,7 @@ import numpy as np
 
 from device_bench.errors import BenchError
 from device_bench.onnx_lm import model_file
+from device_bench.runtimes.genai import GenAIRuntime, is_genai_ref
 from device_bench.runtimes.llama_cpp import LlamaCppRuntime
 from device_bench.runtimes.onnx import OnnxRuntime
 from device_bench.runtimes.torch_ref import TorchRuntime, is_torch_ref
@@ -40,6 +41,8 @@ def runtime_class(path: str) -> type:
     """The runtime class for `path`'s suffix, an ONNX export directory, or `torch:`; BenchError if unsupported."""
     if is_torch_ref(path):
         return TorchRuntime
+    if is_genai_ref(path):
+        return GenAIRuntime
     if os.path.isdir(path):
         model_file(path)  # BenchError unless it holds model.onnx / model.ort
         return OnnxRuntime
@@ -48,7 +51,7 @@ def runtime_class(path: str) -> type:
     suffix = os.path.splitext(path)[1].lower()
     if suffix not in RUNTIMES:
         raise BenchError(f"unsupported model file {path}: expected a .onnx, .ort or .gguf file, "
-                         "an ONNX export directory, or torch:MODEL")
+                         "an ONNX export directory, genai:FOLDER or torch:MODEL")
     return RUNTIMES[suffix]
 
 

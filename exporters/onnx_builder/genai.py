@@ -43,7 +43,8 @@ def write_genai_config(folder: Path, loaded: LoadedModel, filename: str) -> Path
             },
             "eos_token_id": eos,
             "pad_token_id": pad if pad is not None else (eos[0] if isinstance(eos, list) else eos),
-            "type": loaded.family,
+            "type": "llama",  # GenAI's generic decoder: our graph's interface is the same for both families
+            # (its "gpt2" type expects an older interface with position_ids)
             "vocab_size": shape.vocab,
         },
         "search": {"diversity_penalty": 0.0, "do_sample": False, "early_stopping": True, "length_penalty": 1.0,
