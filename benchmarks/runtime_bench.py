@@ -251,12 +251,16 @@ def main() -> None:
     p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--work", default="/tmp/tensoredge-runtime-bench", help="model files (kept for reuse)")
     p.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "runtime"))
+    p.add_argument("--prepare-only", action="store_true", help="make the model files, time nothing")
     args = p.parse_args()
     work, out = Path(args.work) / args.model, Path(args.out) / args.model
     work.mkdir(parents=True, exist_ok=True)
     out.mkdir(parents=True, exist_ok=True)
 
     rows, config = prepare(args, work)
+    if args.prepare_only:
+        say(f"prepared {len(rows)} rows in {work}")
+        return
     machine = machine_info(args.threads)
     load_before = os.getloadavg()
     bandwidth = read_bandwidth(args.threads)
