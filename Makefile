@@ -10,7 +10,7 @@ TORCH_PIP_ARGS ?=
 LLAMA_CMAKE_ARGS ?= $(shell sh scripts/llama-cpp-cmake-args.sh)
 DEMO_ARGS ?=
 
-.PHONY: install demo test clean
+.PHONY: install demo test arm64-check clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -31,6 +31,10 @@ demo: install
 
 test: install
 	$(BIN)/python -m pytest -q
+
+# The board side on a Debian bookworm arm64 userland under qemu-user (needs root; docs/boards.md).
+arm64-check: install
+	$(BIN)/python scripts/arm64/check.py
 
 clean:
 	rm -rf $(VENV) tensoredge-out

@@ -47,7 +47,9 @@ def add_bench_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m device_bench", description=DESCRIPTION)
+    p = argparse.ArgumentParser(prog="python -m device_bench", description=DESCRIPTION,
+                                epilog="Also: python -m device_bench generate EXPORT --prompt TEXT; "
+                                       "python -m device_bench materialize CONTAINER OUT.")
     add_bench_arguments(p)
     return p.parse_args(argv)
 
@@ -78,6 +80,9 @@ def format_table(r: dict) -> str:
     ]
     if r["energy_skipped"]:
         rows.append(("meters skipped", ", ".join(s["meter"] for s in r["energy_skipped"])))
+    if r["machine"].get("emulated"):
+        rows.append(("architecture", f"{r['machine']['arch']} under {r['machine']['emulated']}: "
+                                     "timings are the emulator's, not a board's"))
     if r["emulated"]:
         em = r["emulated"]
         rows.append(("emulated", f"{em['profile']}: {em['threads']} threads, cores {em['affinity']}, "

@@ -17,6 +17,7 @@ from typing import TextIO
 import numpy as np
 
 from device_bench.errors import BenchError, first_line
+from device_bench.files import write_json
 from device_bench.onnx_lm import OnnxCausalLM, export_config, model_file
 
 
@@ -149,10 +150,13 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m device_bench.generate", description=__doc__.splitlines()[0])
     p.add_argument("model", metavar="EXPORT", help="export directory (or its .onnx/.ort file)")
     add_generate_arguments(p)
+    p.add_argument("--json", metavar="OUT", help="also write the prompt, completion and token ids as JSON to OUT")
     args = p.parse_args(argv)
     try:
-        generate_text(args.model, args.prompt, args.max_new_tokens, args.temperature, args.top_k, args.top_p,
-                      args.seed, args.threads)
+        result = generate_text(args.model, args.prompt, args.max_new_tokens, args.temperature, args.top_k,
+                               args.top_p, args.seed, args.threads)
+        if args.json:
+            write_json(result, args.json)
     except BenchError as e:
         print(f"error: {first_line(e)}", file=sys.stderr)
         return 2

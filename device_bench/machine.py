@@ -31,6 +31,30 @@ def _cpu_model() -> str | None:
     return platform.processor() or None
 
 
+def _family(arch: str) -> str:
+    """"arm" for aarch64/arm64/armv7l..., "x86" for x86_64/i686..., else the name itself."""
+    arch = arch.lower()
+    if arch.startswith(("aarch64", "arm")):
+        return "arm"
+    if arch in ("x86_64", "amd64") or (arch.startswith("i") and arch.endswith("86")):
+        return "x86"
+    return arch
+
+
+def emulator() -> str | None:
+    """"qemu-<arch>" when this userland's architecture is foreign to the kernel (qemu-user, via binfmt_misc).
+
+    The kernel says its own architecture in /proc/sys/kernel/arch, which user-mode emulation leaves
+    alone; on older kernels, an x86 /proc/cpuinfo ("vendor_id") under an ARM userland tells the same.
+    A 32-bit ARM userland on a 64-bit ARM kernel (Raspberry Pi OS 32-bit) is native, not emulated.
+    """
+    user = platform.machine()
+    kernel = _read("/proc/sys/kernel/arch")
+    if kernel is None and _family(user) == "arm" and "\nvendor_id" in "\n" + (_read("/proc/cpuinfo") or ""):
+        kernel = "x86_64"
+    return f"qemu-{user}" if kernel and _family(kernel) != _family(user) else None
+
+
 def _os_name() -> str:
     try:
         return platform.freedesktop_os_release()["PRETTY_NAME"]
@@ -52,6 +76,7 @@ def machine_info(threads: int | None = None) -> dict:
         "board": _read("/proc/device-tree/model"),  # e.g. "Raspberry Pi 5 Model B Rev 1.0"
         "cpu_model": _cpu_model(),
         "arch": platform.machine(),
+        "emulated": emulator(),  # e.g. "qemu-aarch64": timings are the emulator's, not this architecture's
         "cores_logical": psutil.cpu_count(logical=True),
         "cores_physical": psutil.cpu_count(logical=False),
         "threads": threads,

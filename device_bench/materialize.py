@@ -19,12 +19,28 @@ from device_bench.gguf_weights import TYPE_NAMES, quantized, weight_types
 CONTAINER_ARCH = "tensoredge"
 
 
+def ordered_matmul(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """a @ b (batched over leading dims) summed over the inner dimension in a fixed order.
+
+    BLAS sums in an order that depends on the CPU's kernels, so float32 results differ in the last
+    bits between x86 and ARM; elementwise products and sums in this order are the same IEEE
+    operations everywhere, so a board writes the same GGUF, byte for byte, as the PC.
+    """
+    a, b = a.astype(np.float32, copy=False), b.astype(np.float32, copy=False)
+    out = a[..., :, 0:1] * b[..., 0:1, :]
+    term = np.empty_like(out)
+    for k in range(1, a.shape[-1]):
+        np.multiply(a[..., :, k:k + 1], b[..., k:k + 1, :], out=term)
+        out += term
+    return out
+
+
 def tt_rows(cores: list[np.ndarray], dim: int) -> np.ndarray:
     """Rows (V, dim) from per-row TT cores (V, r_{k-1}, n_k, r_k), by batched matmuls."""
     count = cores[0].shape[0]
     out = cores[0].reshape(count, -1, cores[0].shape[-1])
     for core in cores[1:]:
-        out = np.matmul(out, core.reshape(count, core.shape[1], -1)).reshape(count, -1, core.shape[-1])
+        out = ordered_matmul(out, core.reshape(count, core.shape[1], -1)).reshape(count, -1, core.shape[-1])
     return out.reshape(count, -1)[:, :dim]
 
 
@@ -40,7 +56,7 @@ def rebuild(name: str, record: dict, tensors: dict) -> np.ndarray:
     if record["kind"] == "tt":
         return tt_rows([as_float(tensors[f"{name}.tt.{k}"]) for k in range(record["cores"])], record["dim"])
     if record["kind"] == "low_rank":
-        return as_float(tensors[f"{name}.up"]) @ as_float(tensors[f"{name}.down"])
+        return ordered_matmul(as_float(tensors[f"{name}.up"]), as_float(tensors[f"{name}.down"]))
     raise BenchError(f"unknown factor kind {record['kind']!r} for {name}: update tensoredge on the device")
 
 

@@ -121,7 +121,10 @@ def bench_failure(target: str, python: str, rc: int, stderr: str) -> BenchError:
 
 
 def skip_pycache(info: tarfile.TarInfo) -> tarfile.TarInfo | None:
-    return None if "__pycache__" in info.name.split("/") else info
+    """Leave out byte code and what `pip install ./device_bench` builds in place."""
+    parts = info.name.split("/")
+    built = len(parts) > 1 and (parts[1] in ("build", "dist") or parts[1].endswith(".egg-info"))
+    return None if "__pycache__" in parts or built else info
 
 
 def upload(ssh: list[str], target: str, python: str, model: str) -> str:

@@ -8,14 +8,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from models import gpt2_124m_random, smollm2_135m, tiny_gpt2
+from models import gpt2_124m_random, smollm2_135m, tiny_gpt2, tiny_llama
 from models.base import LoadedModel, ModelSpec
 from toolkit.errors import TensoredgeError
 
 DEFAULT_MODEL = "smollm2-135m"
 
 REGISTRY: dict[str, ModelSpec] = {
-    spec.name: spec for spec in (smollm2_135m.SPEC, tiny_gpt2.SPEC, gpt2_124m_random.SPEC)
+    spec.name: spec for spec in (smollm2_135m.SPEC, tiny_gpt2.SPEC, tiny_llama.SPEC, gpt2_124m_random.SPEC)
 }
 
 

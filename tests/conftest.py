@@ -27,19 +27,9 @@ def tiny_gpt2(_tiny_gpt2):
 
 @pytest.fixture(scope="session")
 def _tiny_llama():
-    import torch
-    from transformers import LlamaConfig, LlamaForCausalLM
+    from models import load_model
 
-    from models.assets import gpt2_tokenizer
-    from models.base import LoadedModel, finish
-
-    config = LlamaConfig(vocab_size=50257, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
-                         tie_word_embeddings=True, initializer_range=0.2, rope_theta=10000.0)
-    torch.manual_seed(0)
-    return LoadedModel(name="tiny-llama", family="llama", model=finish(LlamaForCausalLM(config)),
-                       tokenizer=gpt2_tokenizer(), source="random tiny Llama (tests)", gguf_pre="gpt-2",
-                       eval_context=256)
+    return load_model("tiny-llama")
 
 
 @pytest.fixture

@@ -135,6 +135,30 @@ def test_benches_with_energy_and_eval(pipeline_out, tmp_path):
     assert not (tmp_path / "r" / "size_vs_perplexity.png").exists()  # the earlier one is gone
 
 
+def test_emulated_runs_are_never_shown_as_speed(pipeline_out, tmp_path):
+    """A bench under qemu-user (machine.emulated, as `make arm64-check` writes) gets no speed, RSS,
+    J/token or plot point; a native run beside it keeps them."""
+    native = with_energy(json.loads((pipeline_out / "bench-dense-onnx.json").read_text()), "measured")
+    emulated = with_energy(json.loads((pipeline_out / "bench-compressed-onnx.json").read_text()), "measured")
+    emulated["machine"] = {**emulated["machine"], "arch": "aarch64", "emulated": "qemu-aarch64"}
+    for name, bench in (("native", native), ("arm64", emulated)):
+        (tmp_path / f"{name}.json").write_text(json.dumps(bench))
+    done = tensoredge("report", str(tmp_path / "native.json"), str(tmp_path / "arm64.json"), "--out", str(tmp_path / "r"))
+    assert done.returncode == 0, done.stderr
+    markdown = (tmp_path / "r" / "report.md").read_text()
+    cells = {row[0]: row for row in runs_table(markdown)}
+    speed = f"{emulated['decode_tokens_per_s']['median']:.1f}"
+    assert cells["compressed.onnx"][5:9] == ["not timed†", "-", "-", "-"] and cells["compressed.onnx"][10] == "-"
+    assert cells["compressed.onnx"][11] == "qemu-aarch64" and speed not in cells["compressed.onnx"]
+    assert cells["dense.onnx"][5] == f"{native['decode_tokens_per_s']['median']:.1f}" and cells["dense.onnx"][11] == "-"
+    assert "†Ran under qemu-aarch64" in markdown
+    (tmp_path / "r2").mkdir()
+    done = tensoredge("report", str(tmp_path / "arm64.json"), "--out", str(tmp_path / "r2"))  # emulated alone
+    assert done.returncode == 0, done.stderr
+    assert "No plot: there are no natively timed bench runs" in (tmp_path / "r2" / "report.md").read_text()
+    assert not (tmp_path / "r2" / "toks_vs_size.png").exists() and not (tmp_path / "r2" / "joules_vs_size.png").exists()
+
+
 def test_pareto_front():
     points = [(1.0, 5.0), (2.0, 3.0), (2.0, 4.0), (3.0, 3.0), (4.0, 1.0), (4.0, 1.0), (5.0, 2.0)]
     # (2, 4) loses to (2, 3); (3, 3) to (2, 3); (5, 2) to (4, 1); the two (4, 1) tie and both stay

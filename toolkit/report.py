@@ -106,7 +106,8 @@ class Run:
     machine: dict
     energy: dict | None
     meters_skipped: list[str]  # "meter: why" for each energy meter the bench could not use
-    emulated: str | None
+    emulated: str | None  # the board profile a host run was held to (--emulate)
+    emulator: str | None = None  # e.g. "qemu-aarch64": the run's timings are an emulator's, never shown
     perplexity: float | None = None
 
 
@@ -133,6 +134,7 @@ def run_of(bench: dict) -> Run:
         energy=bench.get("energy"),
         meters_skipped=skipped_meters(bench.get("energy_skipped")),
         emulated=(bench.get("emulated") or {}).get("profile"),
+        emulator=(bench.get("machine") or {}).get("emulated"),
     )
 
 
@@ -267,9 +269,13 @@ def energy_cell(run: Run) -> str:
 
 def run_row(run: Run, label: str) -> list[str]:
     d = run.decode
+    emulated = ", ".join(x for x in (run.emulated, run.emulator) if x) or "-"
+    if run.emulator:  # it ran, but its timings, memory and energy are the emulator's: none is shown
+        return [label, run.format, run.runtime, str(run.threads), mib(run.size), "not timed†", "-", "-", "-",
+                num(run.perplexity, 5), "-", emulated]
     return [label, run.format, run.runtime, str(run.threads), mib(run.size), f"{d['median']:.1f}",
             f"{d['min']:.1f}–{d['max']:.1f}", f"{run.prefill:.1f}", mib(run.peak_rss), num(run.perplexity, 5),
-            energy_cell(run), run.emulated or "-"]
+            energy_cell(run), emulated]
 
 
 class Point(NamedTuple):
@@ -285,14 +291,16 @@ def perplexity_point(run: Run, label: str) -> Point | None:
     return None if run.perplexity is None else Point(run.size / 2**20, run.perplexity, label, run.format)
 
 
-def speed_point(run: Run, label: str) -> Point:
+def speed_point(run: Run, label: str) -> Point | None:
+    if run.emulator:
+        return None
     d = run.decode
     return Point(run.size / 2**20, d["median"], label, run.format, spread=(d["min"], d["max"]))
 
 
 def energy_point(run: Run, label: str) -> Point | None:
     e = run.energy or {}
-    if e.get("joules_per_token") is None:
+    if e.get("joules_per_token") is None or run.emulator:
         return None
     return Point(run.size / 2**20, e["joules_per_token"], label, run.format, hollow=e.get("kind") == "estimated")
 
@@ -314,7 +322,7 @@ PLOTS = (
          absent="none of the runs has a perplexity. Perplexity comes with the benches inside a pipeline summary "
                 "(`summary.json`), or from `tensoredge eval --model FILE --json` of a file with the bench's name."),
     Plot("toks_vs_size.png", "Decode speed vs model file size", "decode tokens/s (median, bar: min–max)",
-         speed_point, True, absent="there are no bench runs in the inputs."),
+         speed_point, True, absent="there are no natively timed bench runs in the inputs (emulated runs are not timed)."),
     Plot("joules_vs_size.png", "Energy per token vs model file size", "energy per token (J/token)",
          energy_point, False,
          absent="none of the runs has an energy reading (J/token)."),
@@ -403,6 +411,16 @@ def energy_notes(runs: Sequence[Run]) -> list[str]:
         [f"- Energy meters not available: {'; '.join(skipped)}."] if skipped else [])
 
 
+def emulator_notes(runs: Sequence[Run]) -> list[str]:
+    """Why runs under an emulator show no speed."""
+    emulators = dict.fromkeys(r.emulator for r in runs if r.emulator)
+    if not emulators:
+        return []
+    return [f"- †Ran under {', '.join(emulators)} (a foreign architecture emulated on this host): the run "
+            "checks that the model loads and decodes there, but its timings, memory and energy are the "
+            "emulator's, not a board's, so no speed, peak RSS, J/token or plot point is shown for it."]
+
+
 def report_markdown(inputs: Inputs, paths: Sequence[Path], plots: list[str]) -> str:
     runs = list(inputs.runs.values())
     machines = machines_of(runs)
@@ -421,6 +439,7 @@ def report_markdown(inputs: Inputs, paths: Sequence[Path], plots: list[str]) -> 
         markdown_table(headers, rows) if runs else "No bench runs in the inputs.",
         "",
         *[f"- {note}" for note in RUN_NOTES],
+        *emulator_notes(runs),
         *energy_notes(runs),
         "",
         "## Plots",
