@@ -17,7 +17,7 @@ from toolkit.compress import compress_
 from toolkit.data import EVAL_TEXTS, TEXTS, TRAIN_TEXTS, text, text_ids
 from toolkit.errors import TensoredgeError
 from toolkit.heal.loop import HealConfig, distillation_loss, heal, lr_at
-from toolkit.heal.mix import DataMix, parse
+from toolkit.heal.mix import DataMix, Source, parse
 from toolkit.heal.samples import SampleSettings, generate_samples, load_samples, save_samples
 from toolkit.heal.state import LEGACY_PICKLE, STATE, save_state
 
@@ -56,26 +56,26 @@ def parameters(model) -> dict[str, torch.Tensor]:
 
 
 def test_full_distillation_lowers_the_kl_and_resumes_exactly(_tiny_gpt2, tmp_path):
-    """Every parameter trained (factors, norms, embeddings); a run interrupted after its step-10
+    """Every parameter trained (factors, norms, embeddings); a run interrupted after its step-5
     checkpoint and resumed in a fresh model ends with bit-identical parameters."""
     teacher = _tiny_gpt2.model
     ids = valid_ids(_tiny_gpt2)
-    config = HealConfig(steps=24, batch=2, seq_len=32, lr=3e-3, checkpoint_every=10, train="all", clip=1.0,
+    config = HealConfig(steps=12, batch=2, seq_len=16, lr=5e-3, checkpoint_every=5, train="all", clip=1.0,
                         weight_decay=0.01)
-    fixed = DataMix.of_ids(ids).batch(0, 4, 32)
+    fixed = DataMix.of_ids(ids).batch(0, 4, 16)
     student = student_of(_tiny_gpt2)
     start = kl_on(student.model, teacher, fixed)
     result = heal(student.model, teacher, ids, config, tmp_path / "a")
     assert kl_on(student.model, teacher, fixed) < 0.7 * start
     assert result["trained_parameters"] == sum(p.numel() for p in student.model.parameters())
-    assert len(result["history"]) == 24 and all("grad_norm" in h for h in result["history"])
+    assert len(result["history"]) == 12 and all("grad_norm" in h for h in result["history"])
 
     with pytest.raises(Interrupted):
-        heal(student_of(_tiny_gpt2).model, teacher, ids, config, tmp_path / "b", progress=interrupt_at(14))
+        heal(student_of(_tiny_gpt2).model, teacher, ids, config, tmp_path / "b", progress=interrupt_at(8))
     again = student_of(_tiny_gpt2)
     messages = []
     resumed = heal(again.model, teacher, ids, config, tmp_path / "b", progress=messages.append)
-    assert any("resuming from step 10" in m for m in messages)
+    assert any("resuming from step 5" in m for m in messages)
     expected = parameters(student.model)
     for name, p in parameters(again.model).items():
         assert torch.equal(p, expected[name]), name
@@ -85,9 +85,9 @@ def test_full_distillation_lowers_the_kl_and_resumes_exactly(_tiny_gpt2, tmp_pat
 def test_full_distillation_of_a_llama_lowers_the_kl(_tiny_llama, tmp_path):
     student = student_of(_tiny_llama, {"mlp": "svd:ratio=3", "attention": "svd:ratio=2"})
     ids = valid_ids(_tiny_llama)
-    fixed = DataMix.of_ids(ids).batch(0, 4, 32)
+    fixed = DataMix.of_ids(ids).batch(0, 4, 16)
     start = kl_on(student.model, _tiny_llama.model, fixed)
-    heal(student.model, _tiny_llama.model, ids, HealConfig(steps=20, batch=2, seq_len=32, lr=3e-3, train="all"),
+    heal(student.model, _tiny_llama.model, ids, HealConfig(steps=12, batch=2, seq_len=16, lr=5e-3, train="all"),
          tmp_path)
     assert kl_on(student.model, _tiny_llama.model, fixed) < 0.7 * start
 
@@ -95,19 +95,19 @@ def test_full_distillation_of_a_llama_lowers_the_kl(_tiny_llama, tmp_path):
 def test_adapter_healing_lowers_the_kl_and_resumes_exactly(_tiny_gpt2, tmp_path):
     teacher = _tiny_gpt2.model
     ids = valid_ids(_tiny_gpt2)
-    config = HealConfig(steps=40, batch=2, seq_len=32, lr=1e-2, checkpoint_every=20)
-    fixed = DataMix.of_ids(ids).batch(0, 2, 32)
+    config = HealConfig(steps=12, batch=2, seq_len=16, lr=2e-2, checkpoint_every=5)
+    fixed = DataMix.of_ids(ids).batch(0, 2, 16)
     student = student_of(_tiny_gpt2, adapters=True)
     start = kl_on(student.model, teacher, fixed)
     result = heal(student.model, teacher, ids, config, tmp_path / "a")
     assert kl_on(student.model, teacher, fixed) < 0.8 * start
-    assert len(result["history"]) == 40
+    assert len(result["history"]) == 12
     trained = {n for n, p in student.model.named_parameters() if p.requires_grad}
     assert trained and all(".cores." in n for n in trained)
 
     with pytest.raises(Interrupted):
         heal(student_of(_tiny_gpt2, adapters=True).model, teacher, ids, config, tmp_path / "b",
-             progress=interrupt_at(22))
+             progress=interrupt_at(8))
     again = student_of(_tiny_gpt2, adapters=True)
     heal(again.model, teacher, ids, config, tmp_path / "b")
     expected = parameters(student.model)
@@ -116,11 +116,11 @@ def test_adapter_healing_lowers_the_kl_and_resumes_exactly(_tiny_gpt2, tmp_path)
 
 def test_time_limit_stops_early_with_a_checkpoint_to_resume(_tiny_gpt2, tmp_path):
     ids = valid_ids(_tiny_gpt2)
-    config = HealConfig(steps=40, batch=2, seq_len=32, checkpoint_every=20)
+    config = HealConfig(steps=6, batch=2, seq_len=16, checkpoint_every=3)
     result = heal(student_of(_tiny_gpt2, adapters=True).model, _tiny_gpt2.model, ids, config, tmp_path, time_limit=0.0)
     assert result["steps_done"] == 1 and len(result["history"]) == 1
     resumed = heal(student_of(_tiny_gpt2, adapters=True).model, _tiny_gpt2.model, ids, config, tmp_path)
-    assert resumed["steps_done"] == 40 and resumed["history"][0] == result["history"][0]
+    assert resumed["steps_done"] == 6 and resumed["history"][0] == result["history"][0]
 
 
 class RunsCode:
@@ -252,26 +252,28 @@ def test_data_specs_are_checked_before_any_work():
 
 
 def test_batches_mix_sources_by_weight_and_depend_on_step_and_seed_only(_tiny_gpt2):
-    mix = DataMix.from_spec("valid:3,books:1", _tiny_gpt2.tokenizer)
+    mix = DataMix([Source("valid", 3.0, torch.zeros(500, dtype=torch.long)),
+                   Source("books", 1.0, torch.ones(500, dtype=torch.long)),
+                   Source("generated", 1.0, torch.full((4, 20), 2, dtype=torch.long))])
     assert mix.batch(7, 8, 16).tolist() == mix.batch(7, 8, 16).tolist()
     assert mix.batch(7, 8, 16).tolist() != mix.batch(8, 8, 16).tolist()
     assert mix.batch(7, 8, 16, seed=1).tolist() != mix.batch(7, 8, 16).tolist()
-    valid = mix.sources[0].ids
-    rows = torch.cat([mix.batch(step, 8, 16) for step in range(50)])
-    from_valid = sum(any(torch.equal(r, valid[s : s + 16]) for s in torch.nonzero(valid == r[0]).flatten().tolist()
-                         if s + 16 <= len(valid)) for r in rows)
-    assert 0.65 < from_valid / len(rows) < 0.85  # 3:1
+    rows = torch.cat([mix.batch(step, 8, 16) for step in range(100)])
+    share = [(rows[:, 0] == k).float().mean().item() for k in range(3)]
+    assert share == pytest.approx([0.6, 0.2, 0.2], abs=0.06) and all((r == r[0]).all() for r in rows)
     with pytest.raises(TensoredgeError, match="shorter --seq-len"):
-        DataMix.of_ids(valid[:100]).check(200)
+        mix.check(21)
+    books = DataMix.from_spec("books:2", _tiny_gpt2.tokenizer)
+    assert books.describe() == [{"name": "books", "weight": 2.0, "tokens": len(text_ids(_tiny_gpt2.tokenizer, "books"))}]
 
 
 def test_teacher_samples_are_reproducible_from_their_seed(_tiny_gpt2, tmp_path):
     prompts = valid_ids(_tiny_gpt2, 5000)
-    settings = SampleSettings(tokens=6 * 20, length=12, prompt_length=8, temperature=0.8, top_p=0.9, batch=4, seed=3)
+    settings = SampleSettings(tokens=3 * 20, length=12, prompt_length=8, temperature=0.8, top_p=0.9, batch=2, seed=3)
     special = list(_tiny_gpt2.tokenizer.all_special_ids)
     first = generate_samples(_tiny_gpt2.model, prompts, settings, special)
     second = generate_samples(_tiny_gpt2.model, prompts, settings, special)
-    assert first.shape == (6, 20) and first.dtype == torch.int32
+    assert first.shape == (3, 20) and first.dtype == torch.int32
     assert torch.equal(first, second)
     other = generate_samples(_tiny_gpt2.model, prompts, SampleSettings(**{**settings.__dict__, "seed": 4}), special)
     assert not torch.equal(first, other)
@@ -288,7 +290,7 @@ def test_teacher_samples_are_reproducible_from_their_seed(_tiny_gpt2, tmp_path):
     with pytest.raises(TensoredgeError, match="samples are 20 tokens long"):
         mix.check(32)
     info = json.loads((tmp_path / "samples" / "samples.json").read_text())
-    info["samples"] = 7
+    info["samples"] = 4
     (tmp_path / "samples" / "samples.json").write_text(json.dumps(info))
     with pytest.raises(TensoredgeError, match="its JSON says"):
         load_samples(tmp_path / "samples", _tiny_gpt2.tokenizer)
@@ -319,21 +321,22 @@ def test_healed_model_saves_reloads_evaluates_and_exports_with_parity(_tiny_gpt2
     compressed = student_of(_tiny_gpt2, {"mlp": "svd:ratio=2"})
     save_compressed(compressed, {"mlp": "svd:ratio=2"}, tmp_path / "c")
     out = tmp_path / "heal"
-    assert main(["heal", "--model", str(tmp_path / "c"), "--steps", "8", "--batch", "2", "--seq-len", "32",
-                 "--data", "valid:1,books:1", "--quant", "int8", "--eval-every", "4", "--curve-tokens", "300",
-                 "--max-tokens", "400", "--context", "128", "--out", str(out), "--json", str(tmp_path / "h.json")]) == 0
+    assert main(["heal", "--model", str(tmp_path / "c"), "--steps", "6", "--batch", "2", "--seq-len", "32",
+                 "--data", "valid:1,books:1", "--quant", "int8", "--eval-every", "3", "--curve-tokens", "130",
+                 "--max-tokens", "260", "--context", "128", "--lr", "3e-3", "--out", str(out),
+                 "--json", str(tmp_path / "h.json")]) == 0
     result = json.loads((tmp_path / "h.json").read_text())
-    assert result["train"] == "all" and result["quant"]["bits"] == 8 and result["training"]["steps_done"] == 8
-    assert [c["step"] for c in result["training"]["curves"]] == [0, 4, 8]
+    assert result["train"] == "all" and result["quant"]["bits"] == 8 and result["training"]["steps_done"] == 6
+    assert [c["step"] for c in result["training"]["curves"]] == [0, 3, 6]
     assert set(result["training"]["curves"][-1]) >= {"wikitext2", "alice", "tokens_seen"}
-    assert result["evaluation"]["alice"]["tokens"] == 400 and result["evaluation"]["wikitext2"]["split_tokens"] > 300000
+    assert result["evaluation"]["alice"]["tokens"] == 260 and result["evaluation"]["wikitext2"]["split_tokens"] > 290000
     manifest = read_manifest(out / "model")
     assert manifest["plan"] == {"mlp": "svd:ratio=2"} and manifest["base_model"] == "tiny-gpt2"
-    assert manifest["healing"][0]["quant"]["bits"] == 8 and manifest["healing"][0]["steps"] == 8
+    assert manifest["healing"][0]["quant"]["bits"] == 8 and manifest["healing"][0]["steps"] == 6
     assert [d["name"] for d in manifest["healing"][0]["data"]] == ["valid", "books"]
 
     healed = load_compressed(out / "model")
-    windows, _ = text_windows(healed.tokenizer, "alice", 400, 128)
+    windows, _ = text_windows(healed.tokenizer, "alice", 260, 128)
     teacher = _tiny_gpt2.model
     plain = compare(teacher, {"model": healed.model}, windows)["model"]
     assert plain["perplexity"] == pytest.approx(result["after_float"]["alice"]["model"]["perplexity"], rel=1e-6)

@@ -16,12 +16,12 @@ def ort_quantize(weight: np.ndarray, bits: int, block: int) -> tuple[np.ndarray,
 
     out, width = weight.shape
     blocks = -(-width // block)
-    matmul = np.pad(weight.T, ((0, blocks * block - width), (0, 0))).astype(np.float32)  # (K padded, N)
+    matmul = np.ascontiguousarray(np.pad(weight.T, ((0, blocks * block - width), (0, 0))), dtype=np.float32)
     packed = np.zeros((out, blocks, block * bits // 8), dtype=np.uint8)
     scales = np.zeros(out * blocks, dtype=np.float32)
     zero_points = np.zeros(out * ((blocks * bits + 7) // 8), dtype=np.uint8)
     quantizer = quantize_matmul_4bits if bits == 4 else quantize_matmul_8bits
-    quantizer(packed, matmul, scales, zero_points, block, out, blocks * block, True)
+    quantizer(packed, matmul, scales, zero_points, block, out, width, True)  # K unpadded, as ORT passes it
     if bits == 4:  # two codes a byte, the first in the low nibble
         codes = np.stack([packed & 0x0F, packed >> 4], axis=-1).reshape(out, blocks, block)
     else:
@@ -49,7 +49,8 @@ def test_fake_quant_is_onnxruntime_matmulnbits_exactly(bits, block, shape):
     codes, scales = quantize(w, bits, block)
     ort_codes, ort_scales = ort_quantize(w.numpy(), bits, block)
     np.testing.assert_array_equal(scales.numpy(), ort_scales)
-    np.testing.assert_array_equal(codes.numpy(), ort_codes)
+    real = (slice(None), slice(0, shape[1]))  # ORT leaves the padding of the last block unwritten
+    np.testing.assert_array_equal(codes.reshape(shape[0], -1).numpy()[real], ort_codes.reshape(shape[0], -1)[real])
     mid = 2.0 ** (bits - 1)
     expected = ((ort_codes - mid) * ort_scales[..., None]).reshape(shape[0], -1)[:, : shape[1]]
     np.testing.assert_array_equal(fake_quant(w, bits, block).numpy(), expected)
