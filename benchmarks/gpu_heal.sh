@@ -22,7 +22,8 @@
 # In HEALS, @gen<k> stands for the samples folder of the k-th entry of GENS (temperature:top-p).
 # STAGES (default "gen compress heal eval") picks stages. DEADLINE (epoch seconds) is when every heal
 # run must have stopped training; EVAL_RESERVE seconds (default 90) are left for its own evaluation
-# and saving. On a host without a GPU the same steps run with DEVICE=cpu (slowly).
+# and saving. On a host without a GPU the same steps run with DEVICE=cpu and MODEL=tiny-gpt2 (a dry
+# run of the script; EVAL_ARGS="--max-tokens 2048" keeps its evaluations short).
 set -euo pipefail
 DEVICE=${DEVICE:-cuda} WORK=${WORK:-/tmp/tensoredge-heal} RESULTS=${OUT:-benchmarks/results/heal}
 PLANS=${PLANS:?give the compression plans, separated by |}
@@ -33,6 +34,7 @@ GEN_TOKENS=${GEN_TOKENS:-8000000} GEN_LENGTH=${GEN_LENGTH:-480} GEN_PROMPT=${GEN
 GEN_BATCH=${GEN_BATCH:-1024}
 STAGES=${STAGES:-gen compress heal eval}
 DEADLINE=${DEADLINE:-0} EVAL_RESERVE=${EVAL_RESERVE:-90}
+EVAL_ARGS=${EVAL_ARGS:-}    # extra `tensoredge eval` options (default: the full texts)
 PY=${PY:-python3}
 if [ "$DEVICE" = cuda ]; then
     source benchmarks/gpu_setup.sh
@@ -96,7 +98,8 @@ if has eval; then  # the headline figures: full WikiText-2 test and the full sec
         shift 2
         for text in wikitext2 alice; do
             [ -f "$LOGS/eval-$name-$text.json" ] && [ "$LOGS/eval-$name-$text.json" -nt "$model/manifest.json" ] && continue
-            $PY -m toolkit.cli eval --model "$model" --text "$text" --device "$DEVICE" "$@" \
+            # shellcheck disable=SC2086 # options are several arguments
+            $PY -m toolkit.cli eval --model "$model" --text "$text" --device "$DEVICE" $EVAL_ARGS "$@" \
                 --json "$LOGS/eval-$name-$text.json" > "$LOGS/eval-$name-$text.log" 2>&1 || status=1
         done
     }

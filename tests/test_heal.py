@@ -18,7 +18,7 @@ from toolkit.data import EVAL_TEXTS, TEXTS, TRAIN_TEXTS, text, text_ids
 from toolkit.errors import TensoredgeError
 from toolkit.heal.loop import HealConfig, distillation_loss, heal, lr_at
 from toolkit.heal.mix import DataMix, Source, parse
-from toolkit.heal.samples import SampleSettings, generate_samples, load_samples, save_samples
+from toolkit.heal.samples import SampleSettings, generate_samples, load_samples, save_samples, special_ids
 from toolkit.heal.state import LEGACY_PICKLE, STATE, save_state
 
 
@@ -270,7 +270,8 @@ def test_batches_mix_sources_by_weight_and_depend_on_step_and_seed_only(_tiny_gp
 def test_teacher_samples_are_reproducible_from_their_seed(_tiny_gpt2, tmp_path):
     prompts = valid_ids(_tiny_gpt2, 5000)
     settings = SampleSettings(tokens=3 * 20, length=12, prompt_length=8, temperature=0.8, top_p=0.9, batch=2, seed=3)
-    special = list(_tiny_gpt2.tokenizer.all_special_ids)
+    special = special_ids(_tiny_gpt2.tokenizer)
+    assert special == [50256]  # GPT-2's <|endoftext|>
     first = generate_samples(_tiny_gpt2.model, prompts, settings, special)
     second = generate_samples(_tiny_gpt2.model, prompts, settings, special)
     assert first.shape == (3, 20) and first.dtype == torch.int32

@@ -33,17 +33,17 @@ def strided_windows(ids: list[int], context: int, stride: int) -> list[Window]:
     return windows
 
 
-def text_windows(tokenizer, text: str, max_tokens: int | None, context: int, stride: int | None = None
-                 ) -> tuple[list[Window], dict]:
+def text_windows(tokenizer, text: str, max_tokens: int | None, context: int, stride: int | None = None,
+                 every: list[int] | None = None) -> tuple[list[Window], dict]:
     """Strided windows over the first `max_tokens` (all if None) tokens of held-out text `text`
-    (toolkit.data.EVAL_TEXTS), and the settings used."""
+    (toolkit.data.EVAL_TEXTS), and the settings used; `every` is the text's ids if already at hand."""
     from toolkit.data import text_ids
     from toolkit.errors import TensoredgeError
 
     stride = stride or max(1, context // 2)
     if not 0 < stride <= context:
         raise TensoredgeError(f"--stride {stride} must be between 1 and the context ({context})")
-    every = text_ids(tokenizer, text)
+    every = every if every is not None else text_ids(tokenizer, text)
     ids = every[:max_tokens] if max_tokens else every
     setup = {"text": text, "context": context, "stride": stride, "tokens": len(ids), "split_tokens": len(every)}
     return strided_windows(ids, context, stride), setup

@@ -33,6 +33,7 @@ from toolkit.heal.state import STATE, Resume, legacy_warning, read_state, restor
 from toolkit.quant import quant_aware
 
 TRAIN_MODES = ("all", "adapters")
+LOG_SECONDS = 30.0  # a progress line every 5% of the steps, and at least this often
 
 
 @dataclass(frozen=True)
@@ -183,8 +184,10 @@ def heal(student: nn.Module, teacher: nn.Module, data: DataMix | torch.Tensor, c
 
 
 def expected_record(config: HealConfig, data: DataMix) -> dict:
-    """The fields a checkpoint must share with the run that resumes it."""
-    return {"config": asdict(config), "data": [{k: v for k, v in s.items() if k != "path"} for s in data.describe()]}
+    """The fields a checkpoint must share with the run that resumes it: everything that shapes the
+    training (not how often it checkpoints or evaluates), and the data mix (not where it lies)."""
+    settings = {k: v for k, v in asdict(config).items() if k not in ("checkpoint_every", "eval_every")}
+    return {"config": settings, "data": [{k: v for k, v in s.items() if k != "path"} for s in data.describe()]}
 
 
 def check_resume(out_dir: Path, params: dict[str, nn.Parameter], config: HealConfig, data: DataMix,
@@ -215,9 +218,9 @@ def _train(trainer: Trainer, out_dir: Path, say, time_limit, monitor, resume: Re
         (f", int{config.quant_bits} weights simulated (blocks of {config.quant_block})" if config.quant_bits else ""))
     if monitor and config.eval_every and start == 0:
         record["curves"].append(_monitor(trainer, monitor, 0, 0.0, say))
-    began = time.time()
+    began, before = time.time(), record["train_seconds"]  # seconds of earlier runs, for the record
     precision = torch.get_float32_matmul_precision()
-    log_every = max(1, config.steps // 20)
+    log_every, logged = max(1, config.steps // 20), time.time()
     pending: list[tuple[int, torch.Tensor, torch.Tensor | None]] = []
     if device.startswith("cuda"):
         torch.set_float32_matmul_precision("high")  # TF32 outside autocast while training; evaluation stays fp32
@@ -231,30 +234,29 @@ def _train(trainer: Trainer, out_dir: Path, say, time_limit, monitor, resume: Re
             last = done == config.steps or out_of_time
             curve = monitor and config.eval_every and (done % config.eval_every == 0 or last)
             save = done % config.checkpoint_every == 0 or last
-            if done % log_every == 0 or curve or save or last:
+            log = done % log_every == 0 or last or time.time() - logged > LOG_SECONDS
+            if log or curve or save:
                 _flush(pending, record["history"])
-            if done % log_every == 0 or last:
+            if log:
                 say(_progress_line(record["history"], done, start, config, elapsed, time_limit))
+                logged = time.time()
             if curve:
                 torch.set_float32_matmul_precision(precision)
-                record["curves"].append(_monitor(trainer, monitor, done, record["train_seconds"] + elapsed, say))
+                record["curves"].append(_monitor(trainer, monitor, done, before + elapsed, say))
                 if device.startswith("cuda"):
                     torch.set_float32_matmul_precision("high")
-            record["step"] = done
+            record["step"], record["train_seconds"] = done, before + time.time() - began
             if save:
-                record["train_seconds"] += time.time() - began
-                began = time.time()
                 save_state(state_path, trainer.params, trainer.optimizer, record)
             if out_of_time and done < config.steps:
                 say(f"time limit reached: stopped after step {done} of {config.steps} (resumable)")
                 break
     finally:
         torch.set_float32_matmul_precision(precision)
-    record["train_seconds"] += time.time() - began
-    steps_run = record["step"] - start
+    seconds = time.time() - began
     return {**record, "device": device, "steps_done": record["step"], "tokens_seen": record["step"] * config.tokens_per_step,
-            "trained_parameters": trained, "seconds": record["train_seconds"],
-            "steps_per_s": steps_run / record["train_seconds"] if record["train_seconds"] else None}
+            "trained_parameters": trained, "seconds": seconds,
+            "steps_per_s": (record["step"] - start) / seconds if seconds else None}
 
 
 def _flush(pending: list, history: list[dict]) -> None:

@@ -60,7 +60,7 @@ def run(job: HealJob, progress: Callable[[str], None] | None = None) -> dict:
     from toolkit.adapters import add_adapters_, adapter_parameters, merge_adapters_, save_adapters
     from toolkit.adapters.tt_lora import TTLoRAConfig
     from toolkit.checkpoint import is_compressed_dir, open_model, read_manifest, save_compressed
-    from toolkit.data import EVAL_TEXTS
+    from toolkit.data import EVAL_TEXTS, text_ids
     from toolkit.evaluate import text_windows
     from toolkit.files import atomic_path
     from toolkit.heal.mix import DataMix
@@ -73,6 +73,7 @@ def run(job: HealJob, progress: Callable[[str], None] | None = None) -> dict:
         check_quant(config.quant_bits, config.quant_block)
     if job.merge and config.train != "adapters":
         raise TensoredgeError("--merge folds adapters into the model: it goes with --train adapters")
+    check_outputs(out, config.train, job.merge)
     manifest = read_manifest(job.model) if is_compressed_dir(job.model) else None
     teacher_ref = job.teacher or (manifest and manifest["base_model"])
     if not teacher_ref:
@@ -91,9 +92,10 @@ def run(job: HealJob, progress: Callable[[str], None] | None = None) -> dict:
     evaluation, windows, monitor = {}, {}, {}
     context = job.context or loaded.eval_context
     for name in EVAL_TEXTS:
-        windows[name], evaluation[name] = text_windows(loaded.tokenizer, name, job.max_tokens, context, job.stride)
+        ids = text_ids(loaded.tokenizer, name)
+        windows[name], evaluation[name] = text_windows(loaded.tokenizer, name, job.max_tokens, context, job.stride, ids)
         if config.eval_every:
-            monitor[name], _ = text_windows(loaded.tokenizer, name, job.curve_tokens, context, job.stride)
+            monitor[name], _ = text_windows(loaded.tokenizer, name, job.curve_tokens, context, job.stride, ids)
     resume = check_resume(out, trainable(loaded.model, config.train), config, data, say)
     quant = (config.quant_bits, config.quant_block) if config.quant_bits else None
     teacher.model.to(job.device).eval()
@@ -138,6 +140,22 @@ def run(job: HealJob, progress: Callable[[str], None] | None = None) -> dict:
     with atomic_path(out / "heal.json") as tmp:
         tmp.write_text(json.dumps(result, indent=2) + "\n")
     return result
+
+
+def check_outputs(out: Path, train: str, merge: bool) -> None:
+    """A one-line error, before any work, when OUT holds something of the user's where heal writes."""
+    from toolkit.adapters import ADAPTER_JSON
+    from toolkit.checkpoint import MANIFEST
+
+    if out.exists() and not out.is_dir():
+        raise TensoredgeError(f"--out {out} is a file: give a folder (heal writes model/ or adapter/, heal.json "
+                              "and its checkpoint inside)")
+    folders = {"model": MANIFEST} if train == "all" else {"adapter": ADAPTER_JSON, **({"merged": MANIFEST} if merge else {})}
+    for folder, marker in folders.items():
+        path = out / folder
+        if path.exists() and not (path / marker).is_file():
+            raise TensoredgeError(f"{path} exists and was not written by tensoredge heal: give another --out "
+                                  "(nothing is overwritten)")
 
 
 def _quant_record(config: HealConfig) -> dict | None:

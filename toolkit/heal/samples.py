@@ -57,6 +57,14 @@ def tokenizer_fingerprint(tokenizer) -> str:
     return hashlib.sha256(vocab.encode()).hexdigest()
 
 
+def special_ids(tokenizer) -> list[int]:
+    """Every special token's id (end of text, chat and code markers): never sampled, so that a sample
+    neither ends early nor wanders into another format."""
+    ids = set(getattr(tokenizer, "all_special_ids", None) or [])
+    ids |= {i for i, token in getattr(tokenizer, "added_tokens_decoder", {}).items() if getattr(token, "special", False)}
+    return sorted(i for i in ids if i is not None)
+
+
 def next_tokens(logits: torch.Tensor, temperature: float, top_p: float, generator: torch.Generator) -> torch.Tensor:
     """One token per row of `logits` (rows x vocab): greedy, or sampled at `temperature` within top-p."""
     if temperature == 0:
@@ -83,6 +91,7 @@ def generate_samples(model, prompts_from: torch.Tensor, settings: SampleSettings
     total, out = settings.samples, []
     began, done = time.time(), 0
     amp = torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.startswith("cuda"))
+    banned = torch.tensor(sorted(set(suppress)), dtype=torch.long, device=device)
     for b, first in enumerate(range(0, total, settings.batch)):
         rows = min(settings.batch, total - first)
         cpu = torch.Generator().manual_seed(settings.seed * 1_000_003 + b)
@@ -94,8 +103,8 @@ def generate_samples(model, prompts_from: torch.Tensor, settings: SampleSettings
             with amp:
                 result = model(input_ids=step_ids, past_key_values=past, use_cache=True)
             logits, past = result.logits[:, -1].float(), result.past_key_values
-            if suppress:
-                logits[:, suppress] = float("-inf")
+            if len(banned):
+                logits.index_fill_(-1, banned, float("-inf"))
             step_ids = next_tokens(logits, settings.temperature, settings.top_p, noise)[:, None]
             pieces.append(step_ids)
         out.append(torch.cat(pieces, dim=1).to("cpu", torch.int32))
@@ -172,15 +181,18 @@ def generate_cache(teacher_ref: str, out_dir: str | Path, settings: SampleSettin
 
     settings.check()
     out = Path(out_dir)
-    if out.exists() and not (out.is_dir() and (not any(out.iterdir()) or (out / INFO).is_file())):
-        raise TensoredgeError(f"{out} exists and is not a samples folder: give a new --out (nothing is overwritten)")
+    if out.exists():
+        if not (out.is_dir() and (not any(out.iterdir()) or (out / INFO).is_file())):
+            raise TensoredgeError(f"{out} exists and is not a samples folder: give a new --out (nothing is overwritten)")
+        if (out / INFO).is_file():
+            read_info(out)  # an earlier samples folder (replaced), or a one-line error
     say = progress or (lambda _msg: None)
     teacher = open_model(teacher_ref)
     prompts_from = torch.tensor(text_ids(teacher.tokenizer, "valid"), dtype=torch.long)
     say(f"sampling {settings.samples:,} continuations of {settings.length} tokens from {teacher.name} "
         f"(temperature {settings.temperature:g}, top-p {settings.top_p:g}, seed {settings.seed}) on {device}")
     began = time.time()
-    ids = generate_samples(teacher.model, prompts_from, settings, list(teacher.tokenizer.all_special_ids),
+    ids = generate_samples(teacher.model, prompts_from, settings, special_ids(teacher.tokenizer),
                            device=device, progress=say)
     save_samples(out, ids, settings, teacher_ref, teacher.tokenizer, seconds=time.time() - began)
     return read_info(out)
