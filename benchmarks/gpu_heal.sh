@@ -7,7 +7,9 @@
 #   heal     every plan x every HEALS entry, side by side on the one GPU, until DEADLINE; a run that
 #            stops at the deadline is checkpointed and the next call resumes it exactly
 #   eval     every healed model (and each plan unhealed, and the dense model) on the full WikiText-2
-#            test set and the full second held-out text (`tensoredge eval --text wikitext2|alice`)
+#            test set and the full second held-out text (`tensoredge eval --text wikitext2|alice`),
+#            with float weights and with the weights fake-quantized to QUANT_EVAL (default int4,
+#            MatMulNBits blocks of 32: post-training quantization, or what `heal --quant` trained for)
 #
 # Results: $OUT/heal-results.tar.gz (logs, heal.json, eval JSON, samples.json, manifests; no weights)
 # and $OUT/summary.txt. The healed models stay in $WORK/plan<i>-heal<j>/model for later steps
@@ -35,6 +37,7 @@ GEN_BATCH=${GEN_BATCH:-1024}
 STAGES=${STAGES:-gen compress heal eval}
 DEADLINE=${DEADLINE:-0} EVAL_RESERVE=${EVAL_RESERVE:-90}
 EVAL_ARGS=${EVAL_ARGS:-}    # extra `tensoredge eval` options (default: the full texts)
+QUANT_EVAL=${QUANT_EVAL-int4}  # also evaluate every model with its weights fake-quantized so ("": no)
 PY=${PY:-python3}
 if [ "$DEVICE" = cuda ]; then
     source benchmarks/gpu_setup.sh
@@ -81,7 +84,8 @@ if has heal; then
         for j in "${!heals[@]}"; do
             options=${heals[$j]}
             for k in "${!gens[@]}"; do options=${options//@gen$k/$WORK/gen$k}; done
-            echo "plan$i-heal$j: ${plans[$i]} | $HEAL_ARGS $options" > "$LOGS/heal-plan$i-heal$j.options"
+            printf 'plan: %s\ncommon: %s\nheal: %s\n' "${plans[$i]}" "$HEAL_ARGS" "${heals[$j]}" \
+                > "$LOGS/heal-plan$i-heal$j.options"
             # shellcheck disable=SC2086 # options are several arguments
             OMP_NUM_THREADS=2 $PY -m toolkit.cli heal --model "$WORK/plan$i/compressed" --device "$DEVICE" \
                 "${limit[@]}" $HEAL_ARGS $options --out "$WORK/plan$i-heal$j" \
@@ -97,10 +101,13 @@ if has eval; then  # the headline figures: full WikiText-2 test and the full sec
         local name=$1 model=$2
         shift 2
         for text in wikitext2 alice; do
-            [ -f "$LOGS/eval-$name-$text.json" ] && [ "$LOGS/eval-$name-$text.json" -nt "$model/manifest.json" ] && continue
-            # shellcheck disable=SC2086 # options are several arguments
-            $PY -m toolkit.cli eval --model "$model" --text "$text" --device "$DEVICE" $EVAL_ARGS "$@" \
-                --json "$LOGS/eval-$name-$text.json" > "$LOGS/eval-$name-$text.log" 2>&1 || status=1
+            for quant in "" ${QUANT_EVAL}; do
+                out=$LOGS/eval-$name-$text${quant:+-$quant}
+                [ -f "$out.json" ] && [ "$out.json" -nt "$model/manifest.json" ] && continue
+                # shellcheck disable=SC2086 # options are several arguments
+                $PY -m toolkit.cli eval --model "$model" --text "$text" --device "$DEVICE" $EVAL_ARGS \
+                    ${quant:+--fake-quant $quant} "$@" --json "$out.json" > "$out.log" 2>&1 || status=1
+            done
         done
     }
     evaluate dense "$MODEL" --no-reference

@@ -36,65 +36,93 @@ def load(path: Path) -> dict | None:
     return json.loads(path.read_text()) if path.is_file() else None
 
 
-def score(logs: Path, name: str, text: str) -> dict | None:
-    result = load(logs / f"eval-{name}-{text}.json")
-    return None if result is None else {**result["scores"]["model"], "tokens": result["scores"]["model"]["tokens"]}
+def score(logs: Path, name: str, text: str, quant: str = "") -> dict | None:
+    """The model's scores in eval-<name>-<text>[-<quant>].json, with the evaluation's settings."""
+    result = load(logs / f"eval-{name}-{text}{'-' + quant if quant else ''}.json")
+    if result is None:
+        return None
+    return {**result["scores"]["model"], "text_tokens": result["tokens"], "all_tokens": result["split_tokens"],
+            "context": result["context"],
+            "stride": result["stride"], "model": result["model"]}
 
 
-def collect(root: Path) -> dict:
+def read_options(path: Path) -> dict:
+    """plan / common / heal lines written by gpu_heal.sh."""
+    return dict(line.split(": ", 1) if ": " in line else (line.rstrip(":"), "")
+                for line in path.read_text().splitlines() if line.strip())
+
+
+def collect(root: Path, quant: str) -> dict:
     """Every run's settings, training record and full-text scores."""
     logs = root / "logs"
     dense = {text: score(logs, "dense", text) for text in TEXTS}
+    dense_quant = {text: score(logs, "dense", text, quant) for text in TEXTS}
     runs, plans = [], {}
-    for options in sorted(logs.glob("heal-plan*-heal*.options")):
-        name = options.name.removesuffix(".options")[len("heal-"):]
+    for options_path in sorted(logs.glob("heal-plan*-heal*.options")):
+        name = options_path.name.removesuffix(".options")[len("heal-"):]
         plan_name = name.split("-")[0]
-        plan_text, _, heal_text = options.read_text().strip().partition(" | ")
-        heal = load(root / name / "heal.json")
-        plans[plan_name] = {"plan": plan_text.split(": ", 1)[-1],
-                            "scores": {text: score(logs, plan_name, text) for text in TEXTS}}
-        training = (heal or {}).get("training", {})
-        runs.append({"run": name, "plan": plan_name, "options": " ".join(heal_text.split()),
-                     "quant": (heal or {}).get("quant"), "data": (heal or {}).get("data"),
-                     "steps": training.get("steps_done"), "steps_planned": (heal or {}).get("config", {}).get("steps"),
+        options = read_options(options_path)
+        heal = load(root / name / "heal.json") or {}
+        plans[plan_name] = {"plan": options.get("plan", ""),
+                            "scores": {text: score(logs, plan_name, text) for text in TEXTS},
+                            "quantized": {text: score(logs, plan_name, text, quant) for text in TEXTS}}
+        training = heal.get("training", {})
+        runs.append({"run": name, "plan": plan_name, "common": options.get("common", ""),
+                     "options": options.get("heal", "").strip(), "quant": heal.get("quant"), "data": heal.get("data"),
+                     "steps": training.get("steps_done"), "steps_planned": heal.get("config", {}).get("steps"),
                      "tokens_seen": training.get("tokens_seen"), "train_seconds": training.get("train_seconds"),
                      "curves": training.get("curves", []),
-                     "scores": {text: score(logs, name, text) for text in TEXTS}})
-    return {"dense": dense, "plans": plans, "runs": runs}
+                     "scores": {text: score(logs, name, text) for text in TEXTS},
+                     "quantized": {text: score(logs, name, text, quant) for text in TEXTS}})
+    return {"quant_eval": quant, "dense": dense, "dense_quantized": dense_quant, "plans": plans, "runs": runs}
 
 
 def fmt(value, digits=2) -> str:
     return "-" if value is None else f"{value:,.{digits}f}"
 
 
-def rise(score: dict | None, dense: dict | None) -> str:
-    if not score or not dense:
+def ppl(s: dict | None) -> float | None:
+    return s and s["perplexity"]
+
+
+def rise(s: dict | None, dense: dict | None) -> str:
+    if not s or not dense:
         return "-"
-    return f"{100 * (score['perplexity'] / dense['perplexity'] - 1):+.1f}%"
+    return f"{100 * (s['perplexity'] / dense['perplexity'] - 1):+.1f}%"
 
 
 def tables(summary: dict, gpu: str | None) -> str:
-    dense = summary["dense"]
+    dense, dense_q, quant = summary["dense"], summary["dense_quantized"], summary["quant_eval"] or "quantized"
     lines = []
-    tokens = ", ".join(f"{TEXTS[t]} {dense[t]['tokens']:,} tokens" for t in TEXTS if dense.get(t))
-    lines.append(f"Perplexity on the full held-out texts ({tokens}; windows of 1024 every 512), "
-                 f"dense SmolLM2-135M: " + ", ".join(f"{TEXTS[t]} {fmt(dense[t]['perplexity'])}" for t in TEXTS
-                                                    if dense.get(t)) + (f". GPU: {gpu}." if gpu else "."))
-    lines.append("")
-    head = ["plan", "healing", "steps", "tokens seen"]
-    for t in TEXTS:
-        head += [f"{TEXTS[t]}: unhealed", "healed", "vs dense", "KL"]
-    lines.append("| " + " | ".join(head) + " |")
-    lines.append("|" + "---|" * len(head))
-    for run in summary["runs"]:
-        plan = summary["plans"][run["plan"]]
-        row = [plan["plan"], run["options"] or "(defaults)", f"{run['steps'] or 0:,} / {run['steps_planned'] or 0:,}",
-               fmt(run["tokens_seen"] and run["tokens_seen"] / 1e6, 1) + "M"]
-        for t in TEXTS:
-            healed, unhealed = run["scores"][t], plan["scores"][t]
-            row += [fmt(unhealed and unhealed["perplexity"]), fmt(healed and healed["perplexity"]),
-                    rise(healed, dense.get(t)), fmt(healed and healed.get("kl"), 3)]
-        lines.append("| " + " | ".join(row) + " |")
+    commons = sorted({r["common"] for r in summary["runs"]})
+    if commons:
+        lines.append("Options of every heal run: " + "; ".join(f"`{c}`" for c in commons) + ".")
+    if gpu:
+        lines.append(f"GPU: {gpu}.")
+    for text, title in TEXTS.items():
+        d = dense.get(text)
+        if not d:
+            continue
+        amount = (f"all {d['text_tokens']:,} tokens" if d["text_tokens"] == d["all_tokens"]
+                  else f"the first {d['text_tokens']:,} of {d['all_tokens']:,} tokens")
+        lines += ["", f"**{title}**: {amount}, windows of {d['context']} every {d['stride']}. "
+                  f"Dense: {fmt(ppl(d))}" + (f", {quant} weights (simulated): {fmt(ppl(dense_q.get(text)))} "
+                                             f"({rise(dense_q.get(text), d)})" if dense_q.get(text) else "") + ".", ""]
+        head = ["plan", "healing", "steps", "tokens seen", "unhealed", "healed", "vs dense", "KL",
+                f"healed, {quant} (simulated)", "vs dense"]
+        lines.append("| " + " | ".join(head) + " |")
+        lines.append("|" + "---|" * len(head))
+        for run in summary["runs"]:
+            plan = summary["plans"][run["plan"]]
+            healed, healed_q = run["scores"][text], run["quantized"][text]
+            lines.append("| " + " | ".join([
+                f"`{plan['plan']}`", f"`{run['options']}`" if run["options"] else "(common options)",
+                f"{run['steps'] or 0:,} / {run['steps_planned'] or 0:,}",
+                f"{(run['tokens_seen'] or 0) / 1e6:,.1f}M", fmt(ppl(plan["scores"][text])), fmt(ppl(healed)),
+                rise(healed, d), fmt(healed and healed.get("kl"), 3), fmt(ppl(healed_q)), rise(healed_q, d)]) + " |")
+    lines += ["", f"`{quant} (simulated)`: PyTorch with every MatMulNBits weight fake-quantized exactly as ONNX "
+              "Runtime quantizes it (`tensoredge eval --fake-quant`); activations stay float. For a run "
+              "healed with `--quant`, that is the precision it was trained for, and `healed` is its float weights."]
     return "\n".join(lines)
 
 
@@ -114,7 +142,7 @@ def plot(summary: dict, out_dir: Path) -> list[Path]:
                 continue
             teacher = points[0][text]["teacher_perplexity"]
             ax.plot([p["tokens_seen"] / 1e6 for p in points], [p[text]["perplexity"] for p in points],
-                    marker=".", label=f"{summary['plans'][run['plan']]['plan']} | {run['options'] or 'defaults'}")
+                    marker=".", label=f"{summary['plans'][run['plan']]['plan']} | {run['options'] or 'common options'}")
         if teacher is None:
             plt.close(fig)
             continue
@@ -138,8 +166,9 @@ def main() -> None:
     parser.add_argument("results", type=Path, help="heal-results.tar.gz or the folder it was unpacked into")
     parser.add_argument("--doc", type=Path, default=Path("docs/healing.md"))
     parser.add_argument("--gpu", help="the GPU the runs used, for the text (e.g. 'NVIDIA H200')")
+    parser.add_argument("--quant", default="int4", help="QUANT_EVAL of the runs (default: %(default)s)")
     args = parser.parse_args()
-    summary = collect(unpack(args.results))
+    summary = collect(unpack(args.results), args.quant)
     out_dir = args.doc.parent
     (out_dir / "healing-results.json").write_text(json.dumps(summary, indent=2) + "\n")
     pictures = plot(summary, out_dir)

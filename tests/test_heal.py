@@ -346,6 +346,15 @@ def test_healed_model_saves_reloads_evaluates_and_exports_with_parity(_tiny_gpt2
     assert quantized["perplexity"] == pytest.approx(result["after"]["alice"]["model"]["perplexity"], rel=1e-6)
     assert result["after"]["alice"]["model"]["kl"] < result["before"]["alice"]["model"]["kl"]
 
+    # The same command again resumes from the finished run's checkpoint (fake-quant on, validated
+    # before it is switched on) and ends with the same weights.
+    assert main(["heal", "--model", str(tmp_path / "c"), "--steps", "6", "--batch", "2", "--seq-len", "32",
+                 "--data", "valid:1,books:1", "--quant", "int8", "--eval-every", "3", "--curve-tokens", "130",
+                 "--max-tokens", "260", "--context", "128", "--lr", "3e-3", "--out", str(out),
+                 "--json", str(tmp_path / "again.json")]) == 0
+    again = json.loads((tmp_path / "again.json").read_text())
+    assert again["after"] == result["after"] and again["training"]["history"] == result["training"]["history"]
+
     export = export_onnx(healed, tmp_path / "onnx")
     assert export["files"]["fp32"]["parity"]["greedy_tokens_equal"] == 32
 
@@ -356,3 +365,8 @@ def test_eval_on_the_second_text_reports_its_tokens(tmp_path):
     result = json.loads((tmp_path / "e.json").read_text())
     assert result["dataset"] == "alice" and result["tokens"] == 300 and result["split_tokens"] > 30000
     assert result["scores"]["model"]["tokens"] == 299
+    assert main(["eval", "--model", "tiny-gpt2", "--text", "alice", "--max-tokens", "300", "--no-reference",
+                 "--fake-quant", "int4", "--json", str(tmp_path / "q.json")]) == 0
+    quantized = json.loads((tmp_path / "q.json").read_text())
+    assert quantized["fake_quant"] == {"bits": 4, "block": 32}
+    assert quantized["scores"]["model"]["perplexity"] != pytest.approx(result["scores"]["model"]["perplexity"], rel=1e-4)

@@ -65,6 +65,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="held-out text: wikitext2 (WikiText-2 test) or alice (a public-domain book) (default: %(default)s)")
     p.add_argument("--device", default="cpu", help="PyTorch models: cpu or cuda (default: %(default)s)")
     p.add_argument("--batch", type=int, help="windows per forward pass (default: 16 on cuda, 1 on cpu)")
+    p.add_argument("--fake-quant", choices=["int4", "int8"],
+                   help="PyTorch models: compute with the weights quantized as ONNX Runtime's MatMulNBits would "
+                        "(blocks of --quant-block), e.g. to compare post-training quantization with `heal --quant`")
+    p.add_argument("--quant-block", type=int, default=32, help="with --fake-quant: block size (default: %(default)s)")
     add_eval_window(p, max_tokens=None)
     add_json(p)
 

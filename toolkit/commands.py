@@ -63,6 +63,10 @@ def eval(args: argparse.Namespace) -> dict:  # noqa: A001 - the command is calle
     from toolkit.evaluate import OnnxModel, compare, default_batch
 
     check_device(args.device)
+    if args.fake_quant:
+        from toolkit.quant import check
+
+        check(int(args.fake_quant[3:]), args.quant_block)
     reference_ref = args.reference
     if is_onnx_export(args.model):
         loaded = OnnxModel(args.model)
@@ -82,13 +86,16 @@ def eval(args: argparse.Namespace) -> dict:  # noqa: A001 - the command is calle
         f"{TEXTS[args.text].what}, {len(windows)} windows, {batch} per forward pass on {device}")
     if not isinstance(loaded, OnnxModel):
         loaded.model.to(device)
+    quant = fake_quant_context(loaded, args)
     if reference_ref and not args.no_reference:
         reference = open_model(reference_ref)
         reference.model.to(device)
-        scores = compare(reference.model, {"model": loaded.model}, windows, progress=say, device=device, batch=batch)
+        with quant:
+            scores = compare(reference.model, {"model": loaded.model}, windows, progress=say, device=device, batch=batch)
         scores["reference"]["name"] = reference.name
     else:
-        scores = {"model": compare(loaded.model, {}, windows, progress=say, device=device, batch=batch)["reference"]}
+        with quant:
+            scores = {"model": compare(loaded.model, {}, windows, progress=say, device=device, batch=batch)["reference"]}
     rows = [[name, num(s["perplexity"], 5), num(s.get("kl"), 3), num(s.get("top1_agreement"), 3)]
             for name, s in scores.items()]
     print(text_table(["", "perplexity", "KL", "top-1 agree"], rows))
@@ -96,7 +103,24 @@ def eval(args: argparse.Namespace) -> dict:  # noqa: A001 - the command is calle
           f"every {setup['stride']}")
     return {"model": loaded.name, "runtime": getattr(loaded, "runtime", "pytorch"),
             "dataset": "wikitext-2 test" if args.text == "wikitext2" else args.text, "device": device, **setup,
+            "fake_quant": {"bits": int(args.fake_quant[3:]), "block": args.quant_block} if args.fake_quant else None,
             "scores": scores}
+
+
+def fake_quant_context(loaded, args: argparse.Namespace):
+    """`eval --fake-quant`: the model computes with MatMulNBits-quantized weights inside the context."""
+    from contextlib import nullcontext
+
+    from toolkit.errors import TensoredgeError
+    from toolkit.evaluate import OnnxModel
+    from toolkit.quant import quant_aware
+
+    if not args.fake_quant:
+        return nullcontext()
+    if isinstance(loaded, OnnxModel):
+        raise TensoredgeError("--fake-quant simulates quantization in PyTorch: evaluate the compressed folder, "
+                              "or export with the quantization and evaluate that export")
+    return quant_aware(loaded.model, int(args.fake_quant[3:]), args.quant_block)
 
 
 def check_device(device: str) -> None:

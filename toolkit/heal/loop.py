@@ -113,7 +113,8 @@ def trainable(student: nn.Module, train: str) -> dict[str, nn.Parameter]:
         student.requires_grad_(False)
         for adapter in adapters_of(student).values():
             adapter.cores.requires_grad_(True)
-    return {canonical(name): p for name, p in student.named_parameters() if p.requires_grad}
+    found = {canonical(name): p for name, p in student.named_parameters() if p.requires_grad}
+    return dict(sorted(found.items()))  # the same order whether or not weights are fake-quantized
 
 
 def canonical(name: str) -> str:
