@@ -116,7 +116,7 @@ def run(job: HealJob, progress: Callable[[str], None] | None = None) -> dict:
     if quant:
         say("evaluating after healing with the float weights (no quantization)")
         result["after_float"] = evaluate(teacher.model, loaded.model, windows, job.device, say)
-    result["training"] = {k: v for k, v in training.items() if k not in ("before", "evaluation")}
+    result["training"] = {k: v for k, v in training.items() if k not in ("before", "evaluation", "config", "data")}
     loaded.model.to("cpu").requires_grad_(False)
     if config.train == "all":
         healing = _healing_record(job, teacher_ref, training, data, config)
