@@ -7,9 +7,10 @@
 #   heal     every plan x every HEALS entry, side by side on the one GPU, until DEADLINE; a run that
 #            stops at the deadline is checkpointed and the next call resumes it exactly
 #   eval     every healed model (and each plan unhealed, and the dense model) on the full WikiText-2
-#            test set and the full second held-out text (`tensoredge eval --text wikitext2|alice`),
-#            with float weights and with the weights fake-quantized to QUANT_EVAL (default int4,
-#            MatMulNBits blocks of 32: post-training quantization, or what `heal --quant` trained for)
+#            test set and the full second held-out text (benchmarks/heal_eval.py: the `tensoredge eval`
+#            figures, all in one process), with float weights and with the weights fake-quantized to
+#            QUANT_EVAL (default int4, MatMulNBits blocks of 32: post-training quantization, or what
+#            `heal --quant` trained for)
 #
 # Results: $OUT/heal-results.tar.gz (logs, heal.json, eval JSON, samples.json, manifests; no weights)
 # and $OUT/summary.txt. The healed models stay in $WORK/plan<i>-heal<j>/model for later steps
@@ -25,7 +26,8 @@
 # STAGES (default "gen compress heal eval") picks stages. DEADLINE (epoch seconds) is when every heal
 # run must have stopped training; EVAL_RESERVE seconds (default 90) are left for its own evaluation
 # and saving. On a host without a GPU the same steps run with DEVICE=cpu and MODEL=tiny-gpt2 (a dry
-# run of the script; EVAL_ARGS="--max-tokens 2048" keeps its evaluations short).
+# run of the script; EVAL_ARGS="--max-tokens 2048" keeps its evaluations short). The dense model is
+# saved once as a folder ($WORK/dense), the teacher of every step: it loads in seconds.
 set -euo pipefail
 DEVICE=${DEVICE:-cuda} WORK=${WORK:-/tmp/tensoredge-heal} RESULTS=${OUT:-benchmarks/results/heal}
 PLANS=${PLANS:?give the compression plans, separated by |}
@@ -36,7 +38,7 @@ GEN_TOKENS=${GEN_TOKENS:-8000000} GEN_LENGTH=${GEN_LENGTH:-480} GEN_PROMPT=${GEN
 GEN_BATCH=${GEN_BATCH:-1024}
 STAGES=${STAGES:-gen compress heal eval}
 DEADLINE=${DEADLINE:-0} EVAL_RESERVE=${EVAL_RESERVE:-90}
-EVAL_ARGS=${EVAL_ARGS:-}    # extra `tensoredge eval` options (default: the full texts)
+EVAL_ARGS=${EVAL_ARGS:-}    # extra benchmarks/heal_eval.py options, e.g. --max-tokens N (default: the full texts)
 QUANT_EVAL=${QUANT_EVAL-int4}  # also evaluate every model with its weights fake-quantized so ("": no)
 PY=${PY:-python3}
 if [ "$DEVICE" = cuda ]; then
@@ -54,11 +56,16 @@ IFS='|' read -ra plans <<< "$PLANS"
 IFS='|' read -ra heals <<< "${HEALS:- }"
 IFS='|' read -ra gens <<< "$GENS"
 
+if [ ! -f "$WORK/dense/manifest.json" ]; then  # the teacher as a folder: seconds to load, where the GGUF takes ~45 s
+    $PY -c "import sys; from toolkit.checkpoint import open_model, save_compressed; \
+save_compressed(open_model(sys.argv[1]), {}, sys.argv[2])" "$MODEL" "$WORK/dense" > "$LOGS/dense.log" 2>&1
+fi
+
 if has gen; then
     for k in "${!gens[@]}"; do
         temperature=${gens[$k]%%:*} top_p=${gens[$k]##*:}
         [ -f "$WORK/gen$k/samples.json" ] && continue
-        $PY -m toolkit.cli heal-data generate --teacher "$MODEL" --tokens "$GEN_TOKENS" --length "$GEN_LENGTH" \
+        $PY -m toolkit.cli heal-data generate --teacher "$WORK/dense" --tokens "$GEN_TOKENS" --length "$GEN_LENGTH" \
             --prompt-length "$GEN_PROMPT" --temperature "$temperature" --top-p "$top_p" --batch "$GEN_BATCH" \
             --seed "$k" --device "$DEVICE" --out "$WORK/gen$k" --json "$LOGS/gen$k.json" > "$LOGS/gen$k.log" 2>&1
     done
@@ -87,7 +94,8 @@ if has heal; then
             printf 'plan: %s\ncommon: %s\nheal: %s\n' "${plans[$i]}" "$HEAL_ARGS" "${heals[$j]}" \
                 > "$LOGS/heal-plan$i-heal$j.options"
             # shellcheck disable=SC2086 # options are several arguments
-            OMP_NUM_THREADS=2 $PY -m toolkit.cli heal --model "$WORK/plan$i/compressed" --device "$DEVICE" \
+            OMP_NUM_THREADS=2 $PY -m toolkit.cli heal --model "$WORK/plan$i/compressed" --teacher "$WORK/dense" \
+                --device "$DEVICE" \
                 "${limit[@]}" $HEAL_ARGS $options --out "$WORK/plan$i-heal$j" \
                 >> "$LOGS/heal-plan$i-heal$j.log" 2>&1 &
             pids+=($!)
@@ -96,27 +104,17 @@ if has heal; then
     for pid in "${pids[@]}"; do wait "$pid" || status=1; done
 fi
 
-if has eval; then  # the headline figures: full WikiText-2 test and the full second text, batched on DEVICE
-    evaluate() {  # name, model folder, extra options
-        local name=$1 model=$2
-        shift 2
-        for text in wikitext2 alice; do
-            for quant in "" ${QUANT_EVAL}; do
-                out=$LOGS/eval-$name-$text${quant:+-$quant}
-                [ -f "$out.json" ] && [ "$out.json" -nt "$model/manifest.json" ] && continue
-                # shellcheck disable=SC2086 # options are several arguments
-                $PY -m toolkit.cli eval --model "$model" --text "$text" --device "$DEVICE" $EVAL_ARGS \
-                    ${quant:+--fake-quant $quant} "$@" --json "$out.json" > "$out.log" 2>&1 || status=1
-            done
-        done
-    }
-    evaluate dense "$MODEL" --no-reference
+if has eval; then  # the headline figures: full WikiText-2 test and the full second text, one process, batched
+    models=(--model "dense=$WORK/dense")
     for i in "${!plans[@]}"; do
-        evaluate "plan$i" "$WORK/plan$i/compressed"
+        models+=(--model "plan$i=$WORK/plan$i/compressed")
         for j in "${!heals[@]}"; do
-            [ -f "$WORK/plan$i-heal$j/model/manifest.json" ] && evaluate "plan$i-heal$j" "$WORK/plan$i-heal$j/model"
+            [ -f "$WORK/plan$i-heal$j/model/manifest.json" ] && models+=(--model "plan$i-heal$j=$WORK/plan$i-heal$j/model")
         done
     done
+    # shellcheck disable=SC2086 # options are several arguments
+    $PY benchmarks/heal_eval.py --reference "$WORK/dense" "${models[@]}" --device "$DEVICE" --quant "$QUANT_EVAL" \
+        --out "$LOGS" $EVAL_ARGS > "$LOGS/eval.log" 2>&1 || status=1
 fi
 
 # Everything small goes back in one tarball: logs, options, heal.json, eval JSON, samples.json, manifests.
