@@ -370,3 +370,28 @@ def test_eval_on_the_second_text_reports_its_tokens(tmp_path):
     quantized = json.loads((tmp_path / "q.json").read_text())
     assert quantized["fake_quant"] == {"bits": 4, "block": 32}
     assert quantized["scores"]["model"]["perplexity"] != pytest.approx(result["scores"]["model"]["perplexity"], rel=1e-4)
+
+
+def test_adapters_through_the_cli_and_user_folders_kept(tmp_path, capsys):
+    from toolkit.adapters import load_adapters_
+    from toolkit.checkpoint import load_compressed
+
+    out = tmp_path / "h"
+    common = ["--model", "tiny-gpt2", "--teacher", "tiny-gpt2", "--steps", "2", "--batch", "2", "--seq-len", "16",
+              "--eval-every", "0", "--max-tokens", "130", "--context", "64"]
+    assert main(["heal", *common, "--train", "adapters", "--targets", "mlp", "--merge", "--out", str(out),
+                 "--json", str(tmp_path / "a.json")]) == 0
+    result = json.loads((tmp_path / "a.json").read_text())
+    assert result["adapter"]["parameters"] > 0 and result["merge"]["max_relative_error"] == 0.0
+    merged = load_compressed(out / "merged")
+    load_adapters_(merged.model, out / "adapter")  # the side adapter fits the model it was trained on
+
+    (tmp_path / "mine" / "model").mkdir(parents=True)
+    (tmp_path / "mine" / "model" / "notes.txt").write_text("keep me")
+    assert main(["heal", *common, "--out", str(tmp_path / "mine")]) == 2
+    assert "was not written by tensoredge heal" in capsys.readouterr().err
+    assert (tmp_path / "mine" / "model" / "notes.txt").read_text() == "keep me"
+    for bad, message in [(["--data", "alice"], "held out"), (["--quant", "int4", "--quant-block", "24"], "power of two"),
+                         (["--train", "all", "--merge"], "goes with --train adapters")]:
+        assert main(["heal", *common, *bad, "--out", str(tmp_path / "x")]) == 2
+        assert message in capsys.readouterr().err

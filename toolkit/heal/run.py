@@ -63,7 +63,8 @@ def run(job: HealJob, progress: Callable[[str], None] | None = None) -> dict:
     from toolkit.data import EVAL_TEXTS, text_ids
     from toolkit.evaluate import text_windows
     from toolkit.files import atomic_path
-    from toolkit.heal.mix import DataMix
+    from toolkit.heal.mix import DataMix, parse
+    from toolkit.heal.samples import read_info
     from toolkit.quant import check as check_quant
 
     say = progress or (lambda _msg: None)
@@ -74,6 +75,9 @@ def run(job: HealJob, progress: Callable[[str], None] | None = None) -> dict:
     if job.merge and config.train != "adapters":
         raise TensoredgeError("--merge folds adapters into the model: it goes with --train adapters")
     check_outputs(out, config.train, job.merge)
+    for name, path, _weight in parse(job.data):  # bad sources are one line before any model loads
+        if name == "generated":
+            read_info(path)
     manifest = read_manifest(job.model) if is_compressed_dir(job.model) else None
     teacher_ref = job.teacher or (manifest and manifest["base_model"])
     if not teacher_ref:
