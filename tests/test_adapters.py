@@ -1,8 +1,6 @@
-"""TT-LoRA adapters: real parameter counts, real training, exact merges, llama.cpp LoRA GGUF."""
+"""TT-LoRA adapters: real parameter counts, exact merges, llama.cpp LoRA GGUF (their training: test_heal.py)."""
 
 from __future__ import annotations
-
-import copy
 
 import numpy as np
 import pytest
@@ -10,10 +8,8 @@ import torch
 
 from toolkit.adapters import (adapter_parameters, adapters_of, add_adapters_, load_adapters_,
                               merge_adapters_, remove_adapters_, save_adapters)
-from toolkit.adapters.heal import HealConfig, batch_at, distillation_loss, heal
 from toolkit.adapters.tt_lora import TTLoRAConfig, tt_matrix
 from toolkit.compress import compress_
-from toolkit.data import wikitext2_ids
 from toolkit.errors import TensoredgeError
 
 IDS = torch.randint(0, 1000, (2, 12), generator=torch.Generator().manual_seed(0))
@@ -84,56 +80,6 @@ def test_merge_into_low_rank_reports_its_true_error(tiny_gpt2):
     assert 0 < actual < 1
 
 
-def healing_student(dense):
-    student = copy.deepcopy(dense)
-    compress_(student.model, "gpt2", {"mlp": "svd:ratio=3"})
-    torch.manual_seed(0)  # adapter initialisation
-    add_adapters_(student.model, "gpt2", ["mlp", "attention"], TTLoRAConfig(rank=4))
-    return student
-
-
-def test_healing_lowers_the_distillation_loss_and_resumes_exactly(_tiny_gpt2, tmp_path):
-    teacher = _tiny_gpt2.model
-    student = healing_student(_tiny_gpt2)
-    ids = torch.tensor(wikitext2_ids(student.tokenizer, "valid")[:20000])
-    config = HealConfig(steps=40, batch=2, seq_len=32, lr=1e-2, checkpoint_every=20)
-    fixed = batch_at(ids, 0, config)
-
-    def loss() -> float:
-        with torch.no_grad():
-            return float(distillation_loss(student.model(input_ids=fixed).logits, teacher(input_ids=fixed).logits))
-
-    start = loss()
-    result = heal(student.model, teacher, ids, config, tmp_path / "a")
-    assert loss() < 0.8 * start
-    assert len(result["history"]) == 40
-
-    # The same run interrupted at step 22 and resumed from its step-20 checkpoint ends with the same adapters.
-    class Interrupted(Exception):
-        pass
-
-    def interrupt_at_22(message: str) -> None:
-        if message.startswith("step 22/"):
-            raise Interrupted
-
-    resumed = healing_student(_tiny_gpt2)
-    with pytest.raises(Interrupted):
-        heal(resumed.model, teacher, ids, config, tmp_path / "b", progress=interrupt_at_22)
-    again = healing_student(_tiny_gpt2)  # a fresh process would start from scratch, then load the checkpoint
-    heal(again.model, teacher, ids, config, tmp_path / "b")
-    torch.testing.assert_close(logits(again.model), logits(student.model), atol=1e-5, rtol=1e-5)
-
-
-def test_time_limit_stops_early_with_a_checkpoint_to_resume(_tiny_gpt2, tmp_path):
-    student = healing_student(_tiny_gpt2)
-    ids = torch.tensor(wikitext2_ids(student.tokenizer, "valid")[:20000])
-    config = HealConfig(steps=40, batch=2, seq_len=32, checkpoint_every=20)
-    result = heal(student.model, _tiny_gpt2.model, ids, config, tmp_path, time_limit=0.0)
-    assert result["steps_done"] == 1 and len(result["history"]) == 1
-    resumed = heal(healing_student(_tiny_gpt2).model, _tiny_gpt2.model, ids, config, tmp_path)
-    assert resumed["steps_done"] == 40 and resumed["history"][0] == result["history"][0]
-
-
 def test_adapters_save_and_reload_with_identical_logits(tiny, tmp_path):
     add_adapters_(tiny.model, tiny.family, ["mlp"], TTLoRAConfig(rank=3))
     randomise_(tiny.model)
@@ -189,13 +135,3 @@ def test_lora_rank_follows_the_tolerance(tiny_gpt2, tmp_path):
     tight = export_lora_gguf(tiny_gpt2, tmp_path / "tight.gguf", tolerance=0.001, base_gguf=base)
     assert loose["rank"] < tight["rank"] and loose["file_bytes"] < tight["file_bytes"]
     assert loose["max_relative_error"] <= 0.1 and tight["max_relative_error"] <= 0.001
-
-
-def test_learning_rate_warms_up_then_decays_to_a_tenth():
-    from toolkit.adapters.heal import HealConfig, lr_at
-
-    config = HealConfig(steps=200, lr=1e-3)
-    rates = [lr_at(step, config) for step in range(config.steps)]
-    assert rates[0] < rates[9] == pytest.approx(1e-3)  # warm-up: 10 steps (5%)
-    assert all(a >= b for a, b in zip(rates[9:], rates[10:]))
-    assert rates[-1] == pytest.approx(1e-4, rel=0.01)

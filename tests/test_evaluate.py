@@ -57,6 +57,22 @@ def test_compressed_model_diverges_from_reference(tiny_gpt2):
     assert scores["c"]["kl"] > 0 and 0 <= scores["c"]["top1_agreement"] < 1
 
 
+def test_batched_windows_score_as_one_at_a_time(tiny_gpt2):
+    """Several windows per forward pass (the GPU path) give the same sums as one at a time."""
+    import copy
+
+    ids = wikitext2_ids(tiny_gpt2.tokenizer)[:700]
+    compressed = copy.deepcopy(tiny_gpt2.model)
+    compress_(compressed, "gpt2", {"mlp": "svd:ratio=4"})
+    windows = strided_windows(ids, 128, 64)  # first window, equal middle ones, a shorter last one
+    single = compare(tiny_gpt2.model, {"c": compressed}, windows)
+    batched = compare(tiny_gpt2.model, {"c": compressed}, windows, batch=4)
+    assert batched["c"]["tokens"] == single["c"]["tokens"] == 699
+    for name in single:
+        for key, value in single[name].items():
+            assert batched[name][key] == pytest.approx(value, rel=1e-5, abs=1e-7), (name, key)
+
+
 def test_counts_by_component_with_tied_head_counted_once(tiny):
     counts = count_parameters(tiny.model)
     unique = sum(p.numel() for p in tiny.model.parameters())  # parameters() skips shared tensors

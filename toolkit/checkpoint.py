@@ -18,8 +18,9 @@ MANIFEST = "manifest.json"
 WEIGHTS = "model.safetensors"
 
 
-def manifest_of(loaded: LoadedModel, plan: dict[str, str]) -> dict:
-    """Methods, ranks and shapes of every factorized module, plus what is needed to rebuild."""
+def manifest_of(loaded: LoadedModel, plan: dict[str, str], healing: list[dict] | None = None) -> dict:
+    """Methods, ranks and shapes of every factorized module, plus what is needed to rebuild; with
+    `healing`, the record of every healing run the weights went through (toolkit.heal)."""
     return {
         "format": FORMAT,
         "base_model": loaded.name,
@@ -31,10 +32,12 @@ def manifest_of(loaded: LoadedModel, plan: dict[str, str]) -> dict:
         "config": loaded.model.config.to_dict(),
         "modules": {path: module.record for path, module in factorized_modules(loaded.model).items()},
         "parameters": count_parameters(loaded.model),
+        **({"healing": healing} if healing else {}),
     }
 
 
-def save_compressed(loaded: LoadedModel, plan: dict[str, str], out_dir: str | Path) -> Path:
+def save_compressed(loaded: LoadedModel, plan: dict[str, str], out_dir: str | Path,
+                    healing: list[dict] | None = None) -> Path:
     """Write the compressed model folder atomically; returns its path."""
     from safetensors.torch import save_model
 
@@ -42,7 +45,7 @@ def save_compressed(loaded: LoadedModel, plan: dict[str, str], out_dir: str | Pa
         tmp.mkdir(exist_ok=True)
         save_model(loaded.model, str(tmp / WEIGHTS))
         loaded.tokenizer.save_pretrained(tmp)
-        (tmp / MANIFEST).write_text(json.dumps(manifest_of(loaded, plan), indent=2) + "\n")
+        (tmp / MANIFEST).write_text(json.dumps(manifest_of(loaded, plan, healing), indent=2) + "\n")
     return Path(out_dir)
 
 

@@ -15,6 +15,7 @@ from device_bench.files import write_json
 from device_bench.generate import add_generate_arguments
 from device_bench.gguf_weights import TYPE_NAMES
 from models import DEFAULT_MODEL, REGISTRY  # torch-free: loaders import torch when called
+from toolkit.data import EVAL_TEXTS
 from toolkit.errors import TensoredgeError
 
 
@@ -54,11 +55,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", help="show parameters and bytes by component for this model")
     add_json(p)
 
-    p = sub.add_parser("eval", help="perplexity on WikiText-2 test; KL and top-1 against a reference")
+    p = sub.add_parser("eval", help="perplexity on a held-out text (WikiText-2 test by default); KL and top-1 "
+                                    "against a reference")
     add_model(p)
     p.add_argument("--reference", help="uncompressed model to compare with (default for a compressed "
                                        "folder: its base model)")
     p.add_argument("--no-reference", action="store_true", help="perplexity only")
+    p.add_argument("--text", default="wikitext2", choices=EVAL_TEXTS,
+                   help="held-out text: wikitext2 (WikiText-2 test) or alice (a public-domain book) (default: %(default)s)")
+    p.add_argument("--device", default="cpu", help="PyTorch models: cpu or cuda (default: %(default)s)")
+    p.add_argument("--batch", type=int, help="windows per forward pass (default: 16 on cuda, 1 on cpu)")
+    p.add_argument("--fake-quant", choices=["int4", "int8"],
+                   help="PyTorch models: compute with the weights quantized as ONNX Runtime's MatMulNBits would "
+                        "(blocks of --quant-block), e.g. to compare post-training quantization with `heal --quant`")
+    p.add_argument("--quant-block", type=int, default=32, help="with --fake-quant: block size (default: %(default)s)")
     add_eval_window(p, max_tokens=None)
     add_json(p)
 
@@ -131,25 +141,60 @@ def build_parser() -> argparse.ArgumentParser:
     add_generate_arguments(p)
     add_json(p)
 
-    p = sub.add_parser("heal", help="add TT-LoRA adapters and distil the model towards its teacher on "
-                                    "WikiText-2 valid; perplexity before/after on test")
+    p = sub.add_parser("heal", help="distil a (compressed) model towards its teacher (all parameters, or TT-LoRA "
+                                    "adapters); perplexity before/after on the held-out texts")
     add_model(p)
     p.add_argument("--teacher", help="model to distil towards (default for a compressed folder: its base)")
-    p.add_argument("--targets", default="mlp", help="comma-separated: mlp, attention (default: %(default)s)")
-    p.add_argument("--rank", type=int, default=4, help="TT bond rank of each adapter (default: %(default)s)")
-    p.add_argument("--order", type=int, default=3, help="number of TT cores (default: %(default)s)")
-    p.add_argument("--alpha", type=float, default=1.0, help="scale of the update (default: %(default)s)")
+    p.add_argument("--train", choices=["all", "adapters"], default="all",
+                   help="all: every parameter of the model (saved as OUT/model); adapters: TT-LoRA adapters only "
+                        "(OUT/adapter) (default: %(default)s)")
+    p.add_argument("--data", default="valid", metavar="SPEC",
+                   help="distillation text: sources with weights, e.g. valid:0.5,generated=DIR:0.5,books:0.2 "
+                        "(valid: WikiText-2 valid; books: public-domain books; generated=DIR: `heal-data generate` "
+                        "output) (default: %(default)s)")
     p.add_argument("--steps", type=int, default=200)
     p.add_argument("--batch", type=int, default=4)
     p.add_argument("--seq-len", type=int, default=256)
-    p.add_argument("--lr", type=float, default=2e-3, help="peak learning rate: 5%% warm-up, then cosine to 10%% (default: %(default)s)")
-    p.add_argument("--checkpoint-every", type=int, default=25)
+    p.add_argument("--lr", type=float, help="peak learning rate: 5%% warm-up, then cosine to 10%% "
+                                            "(default: 3e-4 for all, 2e-3 for adapters)")
+    p.add_argument("--weight-decay", type=float, default=0.0, help="AdamW weight decay (default: %(default)s)")
+    p.add_argument("--clip", type=float, help="clip the gradient norm to this (0: off; default: 1 for all, 0 for adapters)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the batches (default: %(default)s)")
+    p.add_argument("--quant", choices=["int4", "int8"],
+                   help="train for this weight quantization (fake-quant as ONNX Runtime's MatMulNBits, straight-through)")
+    p.add_argument("--quant-block", type=int, default=32, help="quantization block size (default: %(default)s)")
+    p.add_argument("--kl-chunk", type=int, default=2048, help="positions per chunk of the KL (memory) (default: %(default)s)")
+    p.add_argument("--checkpoint-every", type=int, help="steps between checkpoints (default: 200 for all, 25 for adapters)")
+    p.add_argument("--eval-every", type=int, help="steps between held-out evaluations for the curves in heal.json "
+                                                  "(0: none; default: a tenth of --steps)")
+    p.add_argument("--curve-tokens", type=int, default=4096,
+                   help="tokens of each held-out text evaluated for the curves (default: %(default)s)")
     p.add_argument("--time-limit", type=float, help="stop training after this many seconds, checkpointed "
                                                     "(evaluation still runs; a later run resumes)")
     p.add_argument("--device", default="cpu", help="cpu or cuda (default: %(default)s)")
-    p.add_argument("--merge", action="store_true", help="also fold the adapters into the factors (OUT/merged)")
+    p.add_argument("--targets", default="mlp", help="adapters: comma-separated mlp, attention (default: %(default)s)")
+    p.add_argument("--rank", type=int, default=4, help="adapters: TT bond rank (default: %(default)s)")
+    p.add_argument("--order", type=int, default=3, help="adapters: number of TT cores (default: %(default)s)")
+    p.add_argument("--alpha", type=float, default=1.0, help="adapters: scale of the update (default: %(default)s)")
+    p.add_argument("--merge", action="store_true", help="adapters: also fold them into the factors (OUT/merged)")
     add_eval_window(p, max_tokens=4096)
-    p.add_argument("--out", required=True, help="folder: adapter/, heal-state.pt (resumes), heal.json")
+    p.add_argument("--out", required=True, help="folder: model/ or adapter/, heal.json, heal-state.safetensors (resumes)")
+    add_json(p)
+
+    p = sub.add_parser("heal-data", help="distillation text for `heal`: the teacher's own samples, cached as token ids")
+    p.add_argument("action", choices=["generate"])
+    p.add_argument("--teacher", default=DEFAULT_MODEL, help="model that writes the samples (default: %(default)s)")
+    p.add_argument("--tokens", type=int, required=True, help="tokens to generate in all, prompts included")
+    p.add_argument("--length", type=int, default=480, help="sampled tokens per sample (default: %(default)s)")
+    p.add_argument("--prompt-length", type=int, default=32,
+                   help="WikiText-2 valid tokens each sample starts from (default: %(default)s)")
+    p.add_argument("--temperature", type=float, default=1.0, help="0: greedy (default: %(default)s)")
+    p.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling threshold (default: %(default)s)")
+    p.add_argument("--batch", type=int, default=64, help="samples generated together (default: %(default)s)")
+    p.add_argument("--seed", type=int, default=0, help="the same seed and settings give the same samples "
+                                                       "(default: %(default)s)")
+    p.add_argument("--device", default="cpu", help="cpu or cuda (default: %(default)s)")
+    p.add_argument("--out", required=True, help="folder for samples.safetensors + samples.json")
     add_json(p)
 
     p = sub.add_parser("adapter", help="export a TT-LoRA adapter as a llama.cpp LoRA GGUF, or merge it")
@@ -191,7 +236,7 @@ def main(argv: list[str] | None = None) -> int:
     from toolkit import commands
 
     try:
-        result = getattr(commands, args.command)(args)
+        result = getattr(commands, args.command.replace("-", "_"))(args)
         if getattr(args, "json", None) and result is not None:
             write_json(result, args.json)
     except (TensoredgeError, BenchError) as exc:

@@ -39,19 +39,11 @@ def info(args: argparse.Namespace) -> dict:
 
 
 def evaluation_windows(loaded, args: argparse.Namespace) -> tuple[list, dict]:
-    """WikiText-2 test windows for `loaded`, and the settings used."""
-    from toolkit.data import wikitext2_ids
-    from toolkit.errors import TensoredgeError
-    from toolkit.evaluate import strided_windows
+    """Windows of the held-out text (--text, default WikiText-2 test) for `loaded`, and the settings used."""
+    from toolkit.evaluate import text_windows
 
-    context = args.context or loaded.eval_context
-    stride = args.stride or max(1, context // 2)
-    if not 0 < stride <= context:
-        raise TensoredgeError(f"--stride {stride} must be between 1 and the context ({context})")
-    every = wikitext2_ids(loaded.tokenizer, "test")
-    ids = every[: args.max_tokens] if args.max_tokens else every
-    setup = {"context": context, "stride": stride, "tokens": len(ids), "split_tokens": len(every)}
-    return strided_windows(ids, context, stride), setup
+    return text_windows(loaded.tokenizer, getattr(args, "text", "wikitext2"), args.max_tokens,
+                        args.context or loaded.eval_context, args.stride)
 
 
 def is_onnx_export(ref: str) -> bool:
@@ -66,8 +58,15 @@ def is_onnx_export(ref: str) -> bool:
 def eval(args: argparse.Namespace) -> dict:  # noqa: A001 - the command is called eval
     """Perplexity of a PyTorch model or, through ONNX Runtime itself, of an ONNX export."""
     from toolkit.checkpoint import is_compressed_dir, open_model, read_manifest
-    from toolkit.evaluate import OnnxModel, compare
+    from toolkit.data import TEXTS
+    from toolkit.errors import TensoredgeError
+    from toolkit.evaluate import OnnxModel, compare, default_batch
 
+    check_device(args.device)
+    if args.fake_quant:
+        from toolkit.quant import check
+
+        check(int(args.fake_quant[3:]), args.quant_block)
     reference_ref = args.reference
     if is_onnx_export(args.model):
         loaded = OnnxModel(args.model)
@@ -76,19 +75,52 @@ def eval(args: argparse.Namespace) -> dict:  # noqa: A001 - the command is calle
         loaded = open_model(args.model)
         if reference_ref is None and is_compressed_dir(args.model):
             reference_ref = read_manifest(args.model)["base_model"]
+    device = args.device
+    if isinstance(loaded, OnnxModel) and device != "cpu":
+        raise TensoredgeError("an ONNX export is evaluated by ONNX Runtime on the CPU: drop --device")
+    if args.batch is not None and args.batch < 1:
+        raise TensoredgeError(f"--batch {args.batch}: give at least 1 window per forward pass")
+    batch = args.batch or default_batch(device)
     windows, setup = evaluation_windows(loaded, args)
-    say(f"evaluating {loaded.name} on {setup['tokens']} WikiText-2 test tokens, {len(windows)} windows")
+    say(f"evaluating {loaded.name} on {setup['tokens']:,} of the {setup['split_tokens']:,} tokens of "
+        f"{TEXTS[args.text].what}, {len(windows)} windows, {batch} per forward pass on {device}")
+    if not isinstance(loaded, OnnxModel):
+        loaded.model.to(device)
+    quant = fake_quant_context(loaded, args)
     if reference_ref and not args.no_reference:
         reference = open_model(reference_ref)
-        scores = compare(reference.model, {"model": loaded.model}, windows, progress=say)
+        reference.model.to(device)
+        with quant:
+            scores = compare(reference.model, {"model": loaded.model}, windows, progress=say, device=device, batch=batch)
         scores["reference"]["name"] = reference.name
     else:
-        scores = {"model": compare(loaded.model, {}, windows, progress=say)["reference"]}
+        with quant:
+            scores = {"model": compare(loaded.model, {}, windows, progress=say, device=device, batch=batch)["reference"]}
     rows = [[name, num(s["perplexity"], 5), num(s.get("kl"), 3), num(s.get("top1_agreement"), 3)]
             for name, s in scores.items()]
     print(text_table(["", "perplexity", "KL", "top-1 agree"], rows))
-    return {"model": loaded.name, "runtime": getattr(loaded, "runtime", "pytorch"), "dataset": "wikitext-2 test",
-            **setup, "scores": scores}
+    print(f"{setup['tokens']:,} tokens of {args.text} ({TEXTS[args.text].what}), windows of {setup['context']} "
+          f"every {setup['stride']}")
+    return {"model": loaded.name, "runtime": getattr(loaded, "runtime", "pytorch"),
+            "dataset": "wikitext-2 test" if args.text == "wikitext2" else args.text, "device": device, **setup,
+            "fake_quant": {"bits": int(args.fake_quant[3:]), "block": args.quant_block} if args.fake_quant else None,
+            "scores": scores}
+
+
+def fake_quant_context(loaded, args: argparse.Namespace):
+    """`eval --fake-quant`: the model computes with MatMulNBits-quantized weights inside the context."""
+    from contextlib import nullcontext
+
+    from toolkit.errors import TensoredgeError
+    from toolkit.evaluate import OnnxModel
+    from toolkit.quant import quant_aware
+
+    if not args.fake_quant:
+        return nullcontext()
+    if isinstance(loaded, OnnxModel):
+        raise TensoredgeError("--fake-quant simulates quantization in PyTorch: evaluate the compressed folder, "
+                              "or export with the quantization and evaluate that export")
+    return quant_aware(loaded.model, int(args.fake_quant[3:]), args.quant_block)
 
 
 def check_device(device: str) -> None:
@@ -328,68 +360,40 @@ def pipeline(args: argparse.Namespace) -> dict:
 
 
 def heal(args: argparse.Namespace) -> dict:
-    """Add TT-LoRA adapters to a (compressed) model and distil it towards its teacher."""
-    import dataclasses
-    import json
-
-    from toolkit.adapters import add_adapters_, adapter_parameters, merge_adapters_, save_adapters
-    from toolkit.adapters.heal import HealConfig
-    from toolkit.adapters.heal import heal as run_heal
-    from toolkit.adapters.tt_lora import TTLoRAConfig
-    from toolkit.checkpoint import is_compressed_dir, open_model, read_manifest, save_compressed
-    from toolkit.data import wikitext2_ids
-    from toolkit.errors import TensoredgeError
-    from toolkit.evaluate import compare
-    from toolkit.files import atomic_path
+    """Distil a (compressed) model towards its teacher: all parameters, or TT-LoRA adapters."""
+    from toolkit.heal.loop import HealConfig
+    from toolkit.heal.run import HealJob, run, summary_rows
 
     check_device(args.device)
-    manifest = read_manifest(args.model) if is_compressed_dir(args.model) else None
-    teacher_ref = args.teacher or (manifest and manifest["base_model"])
-    if not teacher_ref:
-        raise TensoredgeError("--teacher is needed when --model is not a compressed folder (e.g. --teacher smollm2-135m)")
-    loaded, teacher = open_model(args.model), open_model(teacher_ref)
-    targets = [t for t in args.targets.split(",") if t]
-    added = add_adapters_(loaded.model, loaded.family, targets, TTLoRAConfig(args.rank, args.order, args.alpha))
-    say(f"{len(added)} TT-LoRA adapters, {adapter_parameters(loaded.model):,} trainable parameters")
-    windows, setup = evaluation_windows(loaded, args)
-    say(f"perplexity before healing ({setup['tokens']} WikiText-2 test tokens)")
-    teacher.model.to(args.device)
-    loaded.model.to(args.device)
-    before = compare(teacher.model, {"model": loaded.model}, windows, progress=say, device=args.device)
-    ids = torch_ids(wikitext2_ids(loaded.tokenizer, "valid"))
-    config = HealConfig(steps=args.steps, batch=args.batch, seq_len=args.seq_len, lr=args.lr,
-                        checkpoint_every=args.checkpoint_every)
-    out = Path(args.out)
-    training = run_heal(loaded.model, teacher.model, ids, config, out, device=args.device, progress=say,
-                        time_limit=args.time_limit)
-    say("perplexity after healing")
-    after = compare(teacher.model, {"model": loaded.model}, windows, progress=say, device=args.device)
-    loaded.model.to("cpu")
-    save_adapters(loaded.model, out / "adapter", base=args.model)
-    result = {"model": args.model, "teacher": teacher_ref, "targets": targets,
-              "adapter": {"rank": args.rank, "order": args.order, "alpha": args.alpha,
-                          "parameters": adapter_parameters(loaded.model),
-                          "bytes_f32": 4 * adapter_parameters(loaded.model)},
-              "evaluation": setup, "before": before, "after": after, "training": training}
-    if args.merge:
-        errors = merge_adapters_(loaded.model)
-        base_name = manifest["base_model"] if manifest else loaded.name
-        plan = manifest["plan"] if manifest else {}
-        save_compressed(dataclasses.replace(loaded, name=base_name), plan, out / "merged")
-        result["merge"] = {"path": str(out / "merged"), "max_relative_error": max(errors.values(), default=0.0)}
-    with atomic_path(out / "heal.json") as tmp:
-        tmp.write_text(json.dumps(result, indent=2) + "\n")
-    rows = [[name, num(s["perplexity"], 5), num(s.get("kl"), 3), num(s.get("top1_agreement"), 3)]
-            for name, s in (("teacher", before["reference"]), ("before", before["model"]), ("after", after["model"]))]
-    print(text_table(["", "perplexity", "KL", "top-1 agree"], rows))
-    print(f"adapter saved to {out / 'adapter'}" + (f"; merged model to {out / 'merged'}" if args.merge else ""))
+    everything = args.train == "all"
+    config = HealConfig(
+        steps=args.steps, batch=args.batch, seq_len=args.seq_len, seed=args.seed, train=args.train,
+        lr=args.lr if args.lr is not None else (3e-4 if everything else 2e-3),
+        checkpoint_every=args.checkpoint_every or (200 if everything else 25),
+        weight_decay=args.weight_decay, clip=args.clip if args.clip is not None else (1.0 if everything else 0.0),
+        eval_every=args.eval_every if args.eval_every is not None else max(1, args.steps // 10),
+        kl_chunk=args.kl_chunk, quant_bits=int(args.quant[3:]) if args.quant else 0, quant_block=args.quant_block)
+    job = HealJob(model=args.model, out=args.out, config=config, teacher=args.teacher, data=args.data,
+                  device=args.device, time_limit=args.time_limit, targets=tuple(t for t in args.targets.split(",") if t),
+                  rank=args.rank, order=args.order, alpha=args.alpha, merge=args.merge, max_tokens=args.max_tokens,
+                  context=args.context, stride=args.stride, curve_tokens=args.curve_tokens)
+    result = run(job, progress=say)
+    print(text_table(["text", "tokens", "", "perplexity", "KL", "top-1 agree"], summary_rows(result)))
+    print(f"saved to {result['saved']}" + (f"; merged model to {result['merge']['path']}" if "merge" in result else ""))
     return result
 
 
-def torch_ids(ids: list[int]):
-    import torch
+def heal_data(args: argparse.Namespace) -> dict:
+    """`heal-data generate`: the teacher's own samples, cached as token ids for `heal --data generated=DIR`."""
+    from toolkit.heal.samples import SampleSettings, generate_cache
 
-    return torch.tensor(ids, dtype=torch.long)
+    check_device(args.device)
+    settings = SampleSettings(tokens=args.tokens, length=args.length, prompt_length=args.prompt_length,
+                              temperature=args.temperature, top_p=args.top_p, batch=args.batch, seed=args.seed)
+    info = generate_cache(args.teacher, args.out, settings, device=args.device, progress=say)
+    print(f"{info['samples']:,} samples of {info['sample_tokens']} tokens ({info['tokens']:,} tokens) saved to "
+          f"{args.out} in {info['seconds']:.0f} s")
+    return info
 
 
 def adapter(args: argparse.Namespace) -> dict:

@@ -1,17 +1,63 @@
-"""The evaluation and calibration text shipped with the toolkit (WikiText-2, CC BY-SA 3.0)."""
+"""The text shipped with the toolkit, by name: held-out evaluation texts and distillation texts.
+
+Evaluation texts (`EVAL_TEXTS`) are never trained on: WikiText-2 test (the headline) and Alice's
+Adventures in Wonderland (a second, different style, so that healing on WikiText-style text cannot
+flatter the score). Distillation texts (`TRAIN_TEXTS`) are WikiText-2 valid and public-domain books.
+Sources and licences: toolkit/data/README.md.
+"""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from importlib import resources
 
+from toolkit.errors import TensoredgeError
+
 SPLITS = ("test", "valid")
+
+
+@dataclass(frozen=True)
+class Text:
+    """A named text: its files under toolkit/data/ (joined by a blank line), role and licence."""
+
+    name: str
+    files: tuple[str, ...]
+    role: str  # "eval": held out, never trained on; "train": distillation text
+    what: str
+    licence: str
+
+
+TEXTS = {t.name: t for t in (
+    Text("wikitext2", ("wikitext-2/test.txt",), "eval", "WikiText-2 test split", "CC BY-SA 3.0"),
+    Text("alice", ("canterbury/alice29.txt",), "eval",
+         "Lewis Carroll, Alice's Adventures in Wonderland (1865; Canterbury corpus alice29.txt)", "public domain"),
+    Text("valid", ("wikitext-2/valid.txt",), "train", "WikiText-2 validation split", "CC BY-SA 3.0"),
+    Text("books", ("canterbury/asyoulik.txt", "canterbury/plrabn12.txt", "canterbury/lcet10.txt"), "train",
+         "Shakespeare, As You Like It; Milton, Paradise Lost; Library of Congress, Workshop on Electronic "
+         "Texts (1992) (Canterbury corpus)", "public domain"),
+)}
+EVAL_TEXTS = tuple(name for name, t in TEXTS.items() if t.role == "eval")
+TRAIN_TEXTS = tuple(name for name, t in TEXTS.items() if t.role == "train")
+
+
+def text(name: str) -> str:
+    """The text called `name` as one string (line ends normalised to \\n)."""
+    if name not in TEXTS:
+        raise TensoredgeError(f"unknown text {name!r}: choose one of {', '.join(TEXTS)}")
+    folder = resources.files("toolkit") / "data"
+    return "\n\n".join((folder / f).read_text("utf-8") for f in TEXTS[name].files)
+
+
+def text_ids(tokenizer, name: str) -> list[int]:
+    """Token ids of the text called `name`."""
+    return tokenizer(text(name), add_special_tokens=False, verbose=False)["input_ids"]
 
 
 def wikitext2(split: str = "test") -> str:
     """WikiText-2 `split` as one string (test for perplexity, valid for calibration only)."""
     if split not in SPLITS:
         raise ValueError(f"unknown split {split!r}")
-    return (resources.files("toolkit") / "data" / "wikitext-2" / f"{split}.txt").read_text("utf-8")
+    return text("wikitext2" if split == "test" else "valid")
 
 
 def wikitext2_ids(tokenizer, split: str = "test") -> list[int]:

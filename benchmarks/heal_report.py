@@ -1,0 +1,185 @@
+"""Tables and curves for docs/healing.md from what benchmarks/gpu_heal.sh brought back.
+
+    python benchmarks/heal_report.py RESULTS/heal-results.tar.gz [--doc docs/healing.md] [--gpu "NVIDIA H200"]
+
+Reads the tarball (or a folder it was unpacked into): each run's heal.json and options, and the
+eval JSON of the dense model, every plan unhealed and every healed model on the full WikiText-2
+test set and the full second held-out text. Writes docs/healing-results.json, one PNG of held-out
+perplexity against tokens seen per text (docs/healing-curves-<text>.png), and replaces the part of
+docs/healing.md between `<!-- results:begin -->` and `<!-- results:end -->` with the tables.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import tarfile
+import tempfile
+from pathlib import Path
+
+BEGIN, END = "<!-- results:begin -->", "<!-- results:end -->"
+TEXTS = {"wikitext2": "WikiText-2 test", "alice": "Alice in Wonderland"}
+
+
+def unpack(source: Path) -> Path:
+    """The folder holding logs/ and the run folders: `source` itself, or the tarball unpacked."""
+    if source.is_dir():
+        return source
+    folder = Path(tempfile.mkdtemp(prefix="heal-report-"))
+    with tarfile.open(source) as tar:
+        tar.extractall(folder, filter="data")  # plain files only: no links, no paths outside
+    return folder
+
+
+def load(path: Path) -> dict | None:
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def score(logs: Path, name: str, text: str, quant: str = "") -> dict | None:
+    """The model's scores in eval-<name>-<text>[-<quant>].json, with the evaluation's settings."""
+    result = load(logs / f"eval-{name}-{text}{'-' + quant if quant else ''}.json")
+    if result is None:
+        return None
+    return {**result["scores"]["model"], "text_tokens": result["tokens"], "all_tokens": result["split_tokens"],
+            "context": result["context"],
+            "stride": result["stride"], "model": result["model"]}
+
+
+def read_options(path: Path) -> dict:
+    """plan / common / heal lines written by gpu_heal.sh."""
+    return dict(line.split(": ", 1) if ": " in line else (line.rstrip(":"), "")
+                for line in path.read_text().splitlines() if line.strip())
+
+
+def collect(root: Path, quant: str) -> dict:
+    """Every run's settings, training record and full-text scores."""
+    logs = root / "logs"
+    dense = {text: score(logs, "dense", text) for text in TEXTS}
+    dense_quant = {text: score(logs, "dense", text, quant) for text in TEXTS}
+    runs, plans = [], {}
+    for options_path in sorted(logs.glob("heal-plan*-heal*.options")):
+        name = options_path.name.removesuffix(".options")[len("heal-"):]
+        plan_name = name.split("-")[0]
+        options = read_options(options_path)
+        heal = load(root / name / "heal.json") or {}
+        plans[plan_name] = {"plan": options.get("plan", ""),
+                            "scores": {text: score(logs, plan_name, text) for text in TEXTS},
+                            "quantized": {text: score(logs, plan_name, text, quant) for text in TEXTS}}
+        training = heal.get("training", {})
+        runs.append({"run": name, "plan": plan_name, "common": options.get("common", ""),
+                     "options": options.get("heal", "").strip(), "quant": heal.get("quant"), "data": heal.get("data"),
+                     "steps": training.get("steps_done"), "steps_planned": heal.get("config", {}).get("steps"),
+                     "tokens_seen": training.get("tokens_seen"), "train_seconds": training.get("train_seconds"),
+                     "curves": training.get("curves", []),
+                     "scores": {text: score(logs, name, text) for text in TEXTS},
+                     "quantized": {text: score(logs, name, text, quant) for text in TEXTS}})
+    return {"quant_eval": quant, "dense": dense, "dense_quantized": dense_quant, "plans": plans, "runs": runs}
+
+
+def fmt(value, digits=2) -> str:
+    return "-" if value is None else f"{value:,.{digits}f}"
+
+
+def ppl(s: dict | None) -> float | None:
+    return s and s["perplexity"]
+
+
+def rise(s: dict | None, dense: dict | None) -> str:
+    if not s or not dense:
+        return "-"
+    return f"{100 * (s['perplexity'] / dense['perplexity'] - 1):+.1f}%"
+
+
+def tables(summary: dict, gpu: str | None) -> str:
+    dense, dense_q, quant = summary["dense"], summary["dense_quantized"], summary["quant_eval"] or "quantized"
+    lines = []
+    commons = sorted({r["common"] for r in summary["runs"]})
+    if commons:
+        lines.append("Options of every heal run: " + "; ".join(f"`{c}`" for c in commons) + ".")
+    if gpu:
+        lines.append(f"GPU: {gpu}.")
+    for text, title in TEXTS.items():
+        d = dense.get(text)
+        if not d:
+            continue
+        amount = (f"all {d['text_tokens']:,} tokens" if d["text_tokens"] == d["all_tokens"]
+                  else f"the first {d['text_tokens']:,} of {d['all_tokens']:,} tokens")
+        lines += ["", f"**{title}**: {amount}, windows of {d['context']} every {d['stride']}. "
+                  f"Dense: {fmt(ppl(d))}" + (f", {quant} weights (simulated): {fmt(ppl(dense_q.get(text)))} "
+                                             f"({rise(dense_q.get(text), d)})" if dense_q.get(text) else "") + ".", ""]
+        head = ["plan", "healing", "steps", "tokens seen", "unhealed", "healed", "vs dense", "KL",
+                f"healed, {quant} (simulated)", "vs dense"]
+        lines.append("| " + " | ".join(head) + " |")
+        lines.append("|" + "---|" * len(head))
+        for run in summary["runs"]:
+            plan = summary["plans"][run["plan"]]
+            healed, healed_q = run["scores"][text], run["quantized"][text]
+            lines.append("| " + " | ".join([
+                f"`{plan['plan']}`", f"`{run['options']}`" if run["options"] else "(common options)",
+                f"{run['steps'] or 0:,} / {run['steps_planned'] or 0:,}",
+                f"{(run['tokens_seen'] or 0) / 1e6:,.1f}M", fmt(ppl(plan["scores"][text])), fmt(ppl(healed)),
+                rise(healed, d), fmt(healed and healed.get("kl"), 3), fmt(ppl(healed_q)), rise(healed_q, d)]) + " |")
+    lines += ["", f"`{quant} (simulated)`: PyTorch with every MatMulNBits weight fake-quantized exactly as ONNX "
+              "Runtime quantizes it (`tensoredge eval --fake-quant`); activations stay float. For a run "
+              "healed with `--quant`, that is the precision it was trained for, and `healed` is its float weights."]
+    return "\n".join(lines)
+
+
+def plot(summary: dict, out_dir: Path) -> list[Path]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    written = []
+    for text, title in TEXTS.items():
+        fig, ax = plt.subplots(figsize=(8, 5))
+        teacher = None
+        for run in summary["runs"]:
+            points = [c for c in run["curves"] if text in c]
+            if not points:
+                continue
+            teacher = points[0][text]["teacher_perplexity"]
+            ax.plot([p["tokens_seen"] / 1e6 for p in points], [p[text]["perplexity"] for p in points],
+                    marker=".", label=f"{summary['plans'][run['plan']]['plan']} | {run['options'] or 'common options'}")
+        if teacher is None:
+            plt.close(fig)
+            continue
+        ax.axhline(teacher, color="black", linestyle="--", linewidth=1, label="dense (teacher)")
+        ax.set_xlabel("tokens seen (millions)")
+        ax.set_ylabel("perplexity (held-out slice)")
+        ax.set_yscale("log")
+        ax.set_title(f"Healing: held-out perplexity on {title} against tokens seen")
+        ax.legend(fontsize=6)
+        ax.grid(alpha=0.3)
+        path = out_dir / f"healing-curves-{text}.png"
+        fig.tight_layout()
+        fig.savefig(path, dpi=120)
+        plt.close(fig)
+        written.append(path)
+    return written
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("results", type=Path, help="heal-results.tar.gz or the folder it was unpacked into")
+    parser.add_argument("--doc", type=Path, default=Path("docs/healing.md"))
+    parser.add_argument("--gpu", help="the GPU the runs used, for the text (e.g. 'NVIDIA H200')")
+    parser.add_argument("--quant", default="int4", help="QUANT_EVAL of the runs (default: %(default)s)")
+    args = parser.parse_args()
+    summary = collect(unpack(args.results), args.quant)
+    out_dir = args.doc.parent
+    (out_dir / "healing-results.json").write_text(json.dumps(summary, indent=2) + "\n")
+    pictures = plot(summary, out_dir)
+    section = tables(summary, args.gpu) + "\n\n" + "\n".join(f"![{p.stem}]({p.name})" for p in pictures)
+    doc = args.doc.read_text()
+    if BEGIN not in doc or END not in doc:
+        raise SystemExit(f"{args.doc} has no {BEGIN} ... {END} section to fill")
+    doc = re.sub(re.escape(BEGIN) + ".*?" + re.escape(END), lambda _m: f"{BEGIN}\n{section}\n{END}", doc, flags=re.S)
+    args.doc.write_text(doc)
+    print(f"wrote {args.doc}, {out_dir / 'healing-results.json'} and {len(pictures)} plot(s)")
+
+
+if __name__ == "__main__":
+    main()
