@@ -14,7 +14,12 @@ from toolkit.errors import TensoredgeError
 PARITY_SHAPES = ((1, 5), (2, 17))  # random prompts (batch, seq) for the full-logits check
 CACHED_PREFIX, CACHED_STEPS = 9, 4  # prefill this many tokens, then decode one at a time
 GREEDY_PROMPT, GREEDY_TOKENS = 8, 32
-FLOAT64_SLACK = 2.0  # an export may be this many times as far from float64 as PyTorch fp32 gets
+# An export may be this many times as far from float64 as PyTorch fp32 gets. Both are correct fp32
+# programs; their rounding differs with summation order: on SmolLM2 with svd-llm factors (20% of FC
+# removed; residual activations reach 2e4) ONNX Runtime's MLAS GEMM lands 2.8x further from float64
+# than PyTorch does (6.2e-4 vs 2.2e-4 on logits up to 31), inside one low-rank down_proj. A 0.1%
+# different model is 20x beyond this.
+FLOAT64_SLACK = 5.0
 # int8/int4 at accuracy_level > 0: MatMulNBits quantizes activations to int8 per block, so the file
 # differs from PyTorch computing with its own dequantized weights by that rounding, not more.
 # A wrong graph or wrong weights give errors near 1; top-1 of a near-uniform (random) model is fragile.
