@@ -25,6 +25,7 @@ from exporters.onnx_graph import (check_elements_kept, check_factors_kept, fold_
 from exporters.onnx_parity import FLOAT64_SLACK, check_agreement, check_parity
 from exporters.onnx_precision import FILE_NAMES, LIMITS, PRECISIONS, convert_fp16, int8_weight_summary, quantize_int8
 from models.base import LoadedModel
+from models.tokenizer_files import save_tokenizer
 from toolkit.counting import count_parameters
 from toolkit.errors import TensoredgeError
 from toolkit.files import atomic_path
@@ -166,7 +167,7 @@ def export_onnx(
               "model_param_bytes": counts["bytes"], "model_params": counts["params"], "kv_cache": True,
               "exporter": f"torch.onnx dynamo (torch {torch.__version__}), opset {opset}, optimize=False",
               "files": {}}
-    with atomic_path(out_dir, directory=True) as tmp:
+    with atomic_path(out_dir, directory=True, kind="onnx") as tmp:  # see device_bench.files
         tmp.mkdir(parents=True, exist_ok=True)
         fp32 = tmp / FILE_NAMES["fp32"]
         say(f"exporting ONNX with KV cache (opset {opset})")
@@ -202,7 +203,7 @@ def export_onnx(
         model.config.save_pretrained(tmp)
         if getattr(model, "generation_config", None) is not None:
             model.generation_config.save_pretrained(tmp)
-        loaded.tokenizer.save_pretrained(tmp)
+        save_tokenizer(loaded.tokenizer, tmp)  # no truncation or padding carried into the export
         (tmp / "export.json").write_text(json.dumps(result, indent=2) + "\n")
     result["file_bytes"] = sum(e["file_bytes"] for e in result["files"].values())
     return result

@@ -40,6 +40,7 @@ def info(args: argparse.Namespace) -> dict:
 
 def evaluation_windows(loaded, args: argparse.Namespace) -> tuple[list, dict]:
     """WikiText-2 test windows for `loaded`, and the settings used."""
+    from device_bench.context import config_context
     from toolkit.data import wikitext2_ids
     from toolkit.errors import TensoredgeError
     from toolkit.evaluate import strided_windows
@@ -48,6 +49,9 @@ def evaluation_windows(loaded, args: argparse.Namespace) -> tuple[list, dict]:
     stride = args.stride or max(1, context // 2)
     if not 0 < stride <= context:
         raise TensoredgeError(f"--stride {stride} must be between 1 and the context ({context})")
+    limit = config_context(loaded.model.config.to_dict()) if hasattr(loaded.model, "config") else None
+    if limit is not None and context > limit:  # models whose context only loading tells (hub ids)
+        raise TensoredgeError(f"--context {context} is longer than the model's context of {limit} tokens")
     every = wikitext2_ids(loaded.tokenizer, "test")
     ids = every[: args.max_tokens] if args.max_tokens else every
     setup = {"context": context, "stride": stride, "tokens": len(ids), "split_tokens": len(every)}
@@ -254,7 +258,7 @@ def generate(args: argparse.Namespace) -> dict:
         from device_bench.generate import generate_text
 
         return generate_text(args.model, args.prompt, args.max_new_tokens, args.temperature, args.top_k,
-                             args.top_p, args.seed, args.threads)
+                             args.top_p, args.seed, args.threads, truncate=args.truncate)
     import torch
 
     from toolkit.checkpoint import open_model
@@ -264,8 +268,12 @@ def generate(args: argparse.Namespace) -> dict:
         raise TensoredgeError("sampling options need an ONNX export (--model EXPORT_DIR); "
                               "PyTorch models generate greedily here")
 
+    from device_bench.context import config_context, fit_prompt
+
     loaded = open_model(args.model)
-    ids = loaded.tokenizer(args.prompt, return_tensors="pt")["input_ids"]
+    encoded = loaded.tokenizer(args.prompt, truncation=False)["input_ids"]
+    ids = torch.tensor([fit_prompt(encoded, args.max_new_tokens, config_context(loaded.model.config.to_dict()),
+                                   args.truncate)])
     with torch.inference_mode():
         out = loaded.model.generate(ids, max_new_tokens=args.max_new_tokens, do_sample=False,
                                     pad_token_id=loaded.tokenizer.eos_token_id)
@@ -278,7 +286,7 @@ def generate(args: argparse.Namespace) -> dict:
 def materialize(args: argparse.Namespace) -> dict:
     from device_bench.materialize import materialize as rebuild
 
-    result = rebuild(args.container, args.out, args.type)
+    result = rebuild(args.container, args.out, args.type, args.force)
     print_result(result)
     return result
 
@@ -332,7 +340,7 @@ def heal(args: argparse.Namespace) -> dict:
     from toolkit.data import wikitext2_ids
     from toolkit.errors import TensoredgeError
     from toolkit.evaluate import compare
-    from toolkit.files import atomic_path
+    from toolkit.files import atomic_path, claim_folder
 
     check_device(args.device)
     manifest = read_manifest(args.model) if is_compressed_dir(args.model) else None
@@ -351,7 +359,7 @@ def heal(args: argparse.Namespace) -> dict:
     ids = torch_ids(wikitext2_ids(loaded.tokenizer, "valid"))
     config = HealConfig(steps=args.steps, batch=args.batch, seq_len=args.seq_len, lr=args.lr,
                         checkpoint_every=args.checkpoint_every)
-    out = Path(args.out)
+    out = claim_folder(args.out, "heal")  # ours from now on: resumable, checked by preflight
     training = run_heal(loaded.model, teacher.model, ids, config, out, device=args.device, progress=say,
                         time_limit=args.time_limit)
     say("perplexity after healing")
