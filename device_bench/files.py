@@ -37,7 +37,8 @@ Recognising our own outputs (`owner`):
   markers existed are recognised by their kind's `legacy` identity file, with the same rule;
 - GGUF files: the `tensoredge.output` key (`gguf_output_key` adds it; a container is also known by
   its architecture, "tensoredge");
-- JSON files: a `tensoredge.*` "schema" or "format", or the "written_by" key `write_json` adds.
+- JSON files: a `tensoredge.*` "schema" or "format", or the "written_by" key `write_json` adds
+  (results written before that key: an evaluation or sweep of "wikitext-2 test", by its fields).
 
 In-place folders (heal, pipeline: filled by several steps, resumable) call `claim_folder` after
 `check_output`: the folder is created with its marker, and files matching the kind's patterns
@@ -244,8 +245,9 @@ def _file_owner(path: Path) -> Ownership:
         return Ownership(None)
     data = _read_json(path, MAX_JSON_BYTES) if head[:1] in (b"{", b"\n", b" ") else None
     if isinstance(data, dict) and (data.get("written_by") == TOOL or any(
-            str(data.get(k, "")).startswith(f"{TOOL}.") for k in ("schema", "format"))):
-        return Ownership("json")
+            str(data.get(k, "")).startswith(f"{TOOL}.") for k in ("schema", "format"))
+            or (data.get("dataset") == "wikitext-2 test" and ("rows" in data or "scores" in data))):
+        return Ownership("json")  # the last: sweeps and evaluations written before "written_by"
     return Ownership(None)
 
 
@@ -417,12 +419,33 @@ def _make_parents(folder: Path) -> list[Path]:
     return made
 
 
+def _short_write_cause(folder: Path) -> int | None:
+    """Why a write was cut short without an errno (numpy's tofile says only "N requested and M
+    written"): a full file system, or the process's file size limit."""
+    try:
+        free = os.statvfs(folder)
+        if free.f_bavail * free.f_frsize < (1 << 20):
+            return errno.ENOSPC
+    except OSError:
+        pass
+    try:
+        import resource
+
+        if resource.getrlimit(resource.RLIMIT_FSIZE)[0] != resource.RLIM_INFINITY:
+            return errno.EFBIG
+    except (ImportError, OSError, ValueError):
+        pass
+    return None
+
+
 def write_error(exc: BaseException, out: str | os.PathLike) -> BenchError | None:
     """The one-line error for `exc` if it is an output failure (disk full, read-only, ...), else None."""
     code = getattr(exc, "errno", None)
     if code not in WRITE_ERRNOS:
         text = str(exc).lower()
         code = next((c for needle, c in WRITE_MESSAGES.items() if needle in text), None)
+        if code is None and isinstance(exc, OSError) and " written" in text:
+            code = _short_write_cause(Path(os.path.abspath(out)).parent)
     if code not in WRITE_ERRNOS:
         return None
     return BenchError(f"cannot write {out}: {os.strerror(code)}: {WRITE_ERRNOS[code]} (nothing was written)")
@@ -509,16 +532,20 @@ def atomic_path(final: str | os.PathLike, directory: bool = False, kind: str | N
                 raise
             raise error from None
     except BaseException:
+        _remove_temporary(wrapper)
         for folder in reversed(made):
             try:
                 os.rmdir(folder)  # only if still empty
             except OSError:
                 pass
         raise
-    finally:
-        if wrapper is not None:
-            shutil.rmtree(wrapper, ignore_errors=True)
-            _LIVE.discard(wrapper)
+    _remove_temporary(wrapper)
+
+
+def _remove_temporary(wrapper: Path | None) -> None:
+    if wrapper is not None:
+        shutil.rmtree(wrapper, ignore_errors=True)
+        _LIVE.discard(wrapper)
 
 
 def claim_folder(path: str | os.PathLike, kind: str) -> Path:
