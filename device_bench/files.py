@@ -33,8 +33,9 @@ umask gives (0666/0777 less the umask), never the 0700/0600 of mkdtemp, mkstemp 
 
 Recognising our own outputs (`owner`):
 - folders: the `.tensoredge.json` marker, and nothing inside but the names it lists (or that its
-  kind's `patterns` allow, for folders filled in place: see `claim_folder`); folders written before
-  markers existed are recognised by their kind's `legacy` identity file, with the same rule;
+  kind's `patterns` allow, for folders filled in place: see `claim_folder`, or outputs of ours);
+  folders written before markers existed are recognised by their kind's `legacy` identity file,
+  with the same rule;
 - GGUF files: the `tensoredge.output` key (`gguf_output_key` adds it; a container is also known by
   its architecture, "tensoredge");
 - JSON files: a `tensoredge.*` "schema" or "format", or the "written_by" key `write_json` adds
@@ -44,9 +45,15 @@ In-place folders (heal, pipeline: filled by several steps, resumable) call `clai
 `check_output`: the folder is created with its marker, and files matching the kind's patterns
 count as ours.
 
-A new command or exporter: call check_output at its start (the tensoredge CLI does it for every
-`--out` and `--json` in toolkit.preflight), write through atomic_path with its kind, and add the
-kind to KINDS.
+A new command or exporter:
+
+    check_output(out, "onnx", inputs=[model_ref], force=args.force)  # toolkit.preflight, for the CLI
+    with atomic_path(out, directory=True, kind="onnx") as tmp:      # in the exporter
+        ...  # write every file into tmp
+
+Give the kind its entry in KINDS (what it is called, folder or file, the names it writes). A GGUF
+writer calls `gguf_output_key(writer, kind)` first. kind=None is for a file inside a folder that
+is already ours (a checkpoint, a summary): no ownership check, the rest the same.
 """
 
 from __future__ import annotations
@@ -119,6 +126,7 @@ KINDS: dict[str, Kind] = {
     "json": Kind("a JSON result", False),
 }
 
+IN_PLACE = ("heal", "pipeline")  # folders filled by several steps (claim_folder), not renamed into place
 _FORCED: set[str] = set()  # resolved paths check_output was told to replace with force=True
 _LIVE: set[Path] = set()  # temporaries of this process
 
@@ -156,6 +164,11 @@ def _ours_by_name(name: str, kind: Kind, listed: Iterable[str] = ()) -> bool:
             or any(fnmatch.fnmatchcase(name, p) for p in kind.patterns))
 
 
+def _strays(folder: Path, names: list[str], kind: Kind, listed: Iterable[str] = ()) -> list[str]:
+    """Names in one of our folders that we did not write (an output of ours placed inside is ours)."""
+    return [n for n in names if not _ours_by_name(n, kind, listed) and owner(folder / n).kind is None]
+
+
 def _folder_owner(path: Path) -> Ownership:
     try:
         names = sorted(os.listdir(path))
@@ -165,8 +178,7 @@ def _folder_owner(path: Path) -> Ownership:
     if isinstance(marker, dict) and marker.get("tool") == TOOL and marker.get("kind") in KINDS:
         kind = KINDS[marker["kind"]]
         listed = marker.get("files") if isinstance(marker.get("files"), list) else []
-        strays = [n for n in names if not _ours_by_name(n, kind, listed)]
-        return Ownership(marker["kind"], strays)
+        return Ownership(marker["kind"], _strays(path, names, kind, listed))
     for name, kind in KINDS.items():
         if kind.legacy is None:
             continue
@@ -181,7 +193,7 @@ def _folder_owner(path: Path) -> Ownership:
             data = _read_json(path / file, MAX_JSON_BYTES)
             known = isinstance(data, dict) and str(data.get(key, "")).startswith(prefix)
         if known:
-            return Ownership(name, [n for n in names if not _ours_by_name(n, kind)])
+            return Ownership(name, _strays(path, names, kind))
     return Ownership(None)
 
 
@@ -279,6 +291,13 @@ def _probe(folder: Path, out: str) -> None:
                          f"({os.strerror(e.errno) if e.errno else first_line(e)}): {reason}") from None
 
 
+def _named_by_our_folder(path: Path) -> bool:
+    """`path` sits in an in-place folder of ours (heal, pipeline) at a name that folder's kind writes."""
+    parent = owner(path.parent)
+    return (parent.kind in IN_PLACE and not parent.strays
+            and any(fnmatch.fnmatchcase(path.name, p) for p in KINDS[parent.kind].patterns))
+
+
 def _refuse_existing(path: Path, out: str, kind: str, force: bool, flag: str) -> None:
     """One line unless the existing `path` may be replaced by an output of `kind`."""
     want = KINDS[kind]
@@ -295,6 +314,8 @@ def _refuse_existing(path: Path, out: str, kind: str, force: bool, flag: str) ->
     if path.is_dir() and not any(os.scandir(path)):
         return  # an empty folder: nothing to lose
     mine = owner(path)
+    if mine.kind is None and _named_by_our_folder(path):
+        mine = Ownership(kind)  # e.g. a pipeline folder's model.gguf, written before GGUF keys
     if mine.kind is None:
         what = "folder is not empty" if path.is_dir() else "file exists"
         raise BenchError(f"{out}: this {what} and tensoredge did not write it: choose a new {flag} "
@@ -559,7 +580,7 @@ def claim_folder(path: str | os.PathLike, kind: str) -> Path:
             for entry in os.scandir(path):  # all ours (check_output was given force)
                 shutil.rmtree(entry.path) if entry.is_dir(follow_symlinks=False) else os.unlink(entry.path)
             mine = Ownership(None)
-        if mine.kind != kind:
+        if mine.kind != kind or not (path / MARKER).is_file():
             _marker(path, kind, sorted(n for n in os.listdir(path) if n != MARKER))
     except OSError as e:
         raise (write_error(e, path) or BenchError(f"cannot write {path}: {first_line(e)}")) from None
