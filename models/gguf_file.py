@@ -50,7 +50,7 @@ def load_gguf_file(path: Path, name: str | None = None, eval_context: int = 1024
     try:
         check_gguf(path)  # a truncated or crafted header is one line, before transformers reads it
     except BenchError as exc:
-        raise TensoredgeError(str(exc)) from None
+        raise TensoredgeError(f"could not read GGUF file: {exc}") from None
     try:
         config = AutoConfig.from_pretrained(path.parent, gguf_file=path.name)
         if config.model_type == "gpt2":  # transformers maps GGUF's context_length to n_ctx only

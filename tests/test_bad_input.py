@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -215,6 +216,10 @@ CASES = [
      lambda w, a: {"env": {"HF_HUB_OFFLINE": None, "HF_ENDPOINT": "http://127.0.0.1:9"}}),
 ]
 IN_SUBPROCESS = {"bench-gguf-beyond-context"}  # llama.cpp aborts the process when this check is missing
+BEFORE_ANY_WORK = {"remove-1.5", "svd-rank-1.5", "svd-ratio-nan", "tt-order-2.5", "json-unwritable-before-work",
+                   "json-under-file-before-work", "eval-context-100000", "eval-context-0", "eval-stride-0",
+                   "eval-max-tokens-0"}  # refused before a single progress line (no loading, no calibration)
+PROGRESS = re.compile(r"^\[\s*\d+\.\ds\] ")
 
 
 @pytest.mark.parametrize("case", CASES, ids=[c[0] for c in CASES])
@@ -240,5 +245,7 @@ def test_bad_input_is_one_line_and_changes_nothing(case, assets, tmp_path, monke
     lines = [line for line in err.splitlines() if line.startswith("error:")]
     assert code == 2 and len(lines) == 1 and "Traceback" not in err, err
     assert fragment in lines[0], lines[0]
+    if name in BEFORE_ANY_WORK:
+        assert not any(PROGRESS.match(line) for line in err.splitlines()), err
     assert digest(work) == before, "something was left behind or changed"
     assert digest(assets["C"].parent) == inputs, "an input was modified"
