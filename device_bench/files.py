@@ -81,12 +81,12 @@ TOOL = "tensoredge"
 GGUF_OUTPUT_KEY = "tensoredge.output"  # kind of a GGUF we wrote
 MAX_MARKER_BYTES = 1 << 20
 MAX_JSON_BYTES = 64 << 20
-WRITE_ERRNOS = {errno.ENOSPC: "no space left on the device: free some space or choose another --out",
-                errno.EDQUOT: "disk quota exceeded: free some space or choose another --out",
-                errno.EFBIG: "file too large for this file system or the process's file size limit",
-                errno.EROFS: "read-only file system: choose a writable --out",
-                errno.EACCES: "permission denied: choose a folder you can write to",
-                errno.EPERM: "operation not permitted: choose a folder you can write to"}
+WRITE_ERRNOS = {errno.ENOSPC: "free some space or choose another --out",
+                errno.EDQUOT: "free some space or choose another --out",
+                errno.EFBIG: "the file system or the file size limit (ulimit -f) allows no larger file",
+                errno.EROFS: "choose a writable --out",
+                errno.EACCES: "choose a folder you can write to",
+                errno.EPERM: "choose a folder you can write to"}
 WRITE_MESSAGES = {"no space left": errno.ENOSPC, "storagefull": errno.ENOSPC, "os error 28": errno.ENOSPC,
                   "file too large": errno.EFBIG, "os error 27": errno.EFBIG,
                   "read-only file system": errno.EROFS, "os error 30": errno.EROFS}
@@ -325,7 +325,7 @@ def _refuse_existing(path: Path, out: str, kind: str, force: bool, flag: str) ->
         raise BenchError(f"{out} holds files tensoredge did not write ({shown}): move them out or choose "
                          f"another {flag}")
     if mine.kind != kind and not force:
-        raise BenchError(f"{out} holds tensoredge's {KINDS[mine.kind].what}, not {want.what}: "
+        raise BenchError(f"{out} is {KINDS[mine.kind].what} written by tensoredge, not {want.what}: "
                          f"pass --force to replace it, or choose another {flag}")
 
 
@@ -467,6 +467,8 @@ def write_error(exc: BaseException, out: str | os.PathLike) -> BenchError | None
         code = next((c for needle, c in WRITE_MESSAGES.items() if needle in text), None)
         if code is None and isinstance(exc, OSError) and " written" in text:
             code = _short_write_cause(Path(os.path.abspath(out)).parent)
+            if code is None:
+                return BenchError(f"cannot write {out}: a write was cut short ({first_line(exc)}; nothing was written)")
     if code not in WRITE_ERRNOS:
         return None
     return BenchError(f"cannot write {out}: {os.strerror(code)}: {WRITE_ERRNOS[code]} (nothing was written)")

@@ -128,7 +128,8 @@ def check_compress(args: argparse.Namespace) -> None:
         from toolkit.checkpoint import read_manifest
 
         manifest = read_manifest(args.model)
-        raise TensoredgeError(f"{args.model} is already compressed ({manifest['plan']}): compress its base model "
+        plan = " ".join(f"--{target} {spec}" for target, spec in manifest["plan"].items())
+        raise TensoredgeError(f"{args.model} is already compressed ({plan}): compress its base model "
                               f"'{manifest['base_model']}' with one combined plan instead")
     check_plan(plan_of(args))
     if args.fc is not None:
