@@ -12,6 +12,7 @@ from datetime import datetime, timezone
 import numpy as np
 import psutil
 
+from device_bench.context import check_context, file_context
 from device_bench.energy import open_meter
 from device_bench.energy.meter import Meter, Reading
 from device_bench.errors import BenchError, first_line
@@ -139,6 +140,9 @@ def run_bench(
     timestamp = datetime.now(timezone.utc).isoformat(timespec="seconds")
 
     runtime = runtime_class(path)  # fail fast on a missing or unsupported file
+    check_context(prompt_tokens + decode_tokens, None if is_torch_ref(path) else file_context(path),
+                  f"prompt + decode ({prompt_tokens} + {decode_tokens})",
+                  "lower --prompt-tokens or --decode-tokens")
     machine = machine_info(threads)
     estimate_profile = (get_profile(profile) if profile
                         else target or detect_profile(machine["board"]) or get_profile("generic"))

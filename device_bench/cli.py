@@ -6,8 +6,9 @@ import sys
 
 from device_bench.bench import run_bench
 from device_bench.energy import METERS
-from device_bench.errors import BenchError
-from device_bench.files import write_json
+from device_bench.errors import BenchError, first_line
+from device_bench.files import check_output, write_json
+from device_bench.interrupt import run_command
 from device_bench.remote import add_remote_arguments, bench_argv_from, run_remote
 from device_bench.profiles import BOARDS, NAMES
 
@@ -94,17 +95,23 @@ def format_table(r: dict) -> str:
 def main(argv: list[str] | None = None) -> int:
     """Run the benchmark; return 0 on success, 2 on a BenchError (printed as one line)."""
     args = parse_args(argv)
-    try:
-        bench(args)
-    except BenchError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    return 0
+
+    def body() -> int:
+        try:
+            bench(args)
+        except BenchError as e:
+            print(f"error: {first_line(e)}", file=sys.stderr)
+            return 2
+        return 0
+
+    return run_command(body)
 
 
 def bench(args: argparse.Namespace) -> dict:
     """Run the bench the parsed options describe (here, or on --remote over SSH), print its table,
     write --json; return the result."""
+    if args.json:  # an unwritable or precious --json path fails now, not after the runs
+        check_output(args.json, "json", inputs=[args.model], flag="--json")
     if args.remote:
         parser = argparse.ArgumentParser()
         add_bench_arguments(parser)

@@ -16,8 +16,10 @@ from typing import TextIO
 
 import numpy as np
 
+from device_bench.context import config_context, fit_prompt
 from device_bench.errors import BenchError, first_line
 from device_bench.files import write_json
+from device_bench.interrupt import run_command
 from device_bench.onnx_lm import OnnxCausalLM, export_config, model_file
 
 
@@ -78,7 +80,13 @@ def load_tokenizer(export: str | Path):
     if not path.is_file():
         raise BenchError(f"no tokenizer.json beside {model_file(export)}: give the export directory written by "
                          "`tensoredge export onnx`")
-    return Tokenizer.from_file(str(path))
+    try:
+        tokenizer = Tokenizer.from_file(str(path))
+    except Exception as e:  # tokenizers raises its own Exception type for a bad file
+        raise BenchError(f"cannot read {path}: {first_line(e)}") from None
+    tokenizer.no_truncation()  # a truncation setting in the file would cut the prompt silently
+    tokenizer.no_padding()
+    return tokenizer
 
 
 class TextStream:
@@ -104,9 +112,10 @@ class TextStream:
 
 def generate_text(export: str | Path, prompt: str, max_new_tokens: int = 32, temperature: float = 0.0,
                   top_k: int = 0, top_p: float = 1.0, seed: int = 0, threads: int | None = None,
-                  out: TextIO | None = None, quiet: bool = False) -> dict:
+                  out: TextIO | None = None, quiet: bool = False, truncate: str | None = None) -> dict:
     """Stream a continuation of `prompt` to `out` (default stdout; nothing if quiet); return the
-    prompt, completion, tokens and speed."""
+    prompt, completion, tokens and speed. A prompt that does not fit the context with
+    `max_new_tokens` is an error, or with truncate="left" keeps its last tokens."""
     out = None if quiet else out or sys.stdout
     for name, value, ok in (("max_new_tokens", max_new_tokens, max_new_tokens >= 1),
                             ("temperature", temperature, temperature >= 0),
@@ -114,11 +123,10 @@ def generate_text(export: str | Path, prompt: str, max_new_tokens: int = 32, tem
         if not ok:
             raise BenchError(f"{name} {value} is out of range (max_new_tokens >= 1, temperature >= 0, "
                              "top_k >= 0, 0 < top_p <= 1)")
-    lm = OnnxCausalLM(export, threads)
     tokenizer = load_tokenizer(export)
-    prompt_ids = tokenizer.encode(prompt).ids
-    if not prompt_ids:
-        raise BenchError("the prompt encodes to no tokens: give a non-empty --prompt")
+    encoded = tokenizer.encode(prompt).ids
+    prompt_ids = fit_prompt(encoded, max_new_tokens, config_context(export_config(export)), truncate)
+    lm = OnnxCausalLM(export, threads)
     stream = TextStream(tokenizer, out)
     if out is not None:
         out.write(prompt)
@@ -131,7 +139,8 @@ def generate_text(export: str | Path, prompt: str, max_new_tokens: int = 32, tem
     if out is not None:
         out.write("\n")
     return {"model": str(lm.path), "prompt": prompt, "completion": stream.text, "tokens": stream.ids,
-            "prompt_tokens": len(prompt_ids), "seconds": seconds, "kv_cache": lm.kv_cache,
+            "prompt_tokens": len(prompt_ids), "prompt_tokens_dropped": len(encoded) - len(prompt_ids),
+            "seconds": seconds, "kv_cache": lm.kv_cache,
             "sampling": {"temperature": temperature, "top_k": top_k, "top_p": top_p, "seed": seed}}
 
 
@@ -144,6 +153,8 @@ def add_generate_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling mass (default: %(default)s)")
     p.add_argument("--seed", type=int, default=0, help="sampling seed (default: %(default)s)")
     p.add_argument("--threads", type=int, help="onnxruntime threads (default: onnxruntime's choice)")
+    p.add_argument("--truncate", choices=["left"], help="a prompt too long for the context with --max-new-tokens: "
+                                                        "keep its last tokens (default: refuse it)")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -152,15 +163,19 @@ def main(argv: list[str] | None = None) -> int:
     add_generate_arguments(p)
     p.add_argument("--json", metavar="OUT", help="also write the prompt, completion and token ids as JSON to OUT")
     args = p.parse_args(argv)
-    try:
-        result = generate_text(args.model, args.prompt, args.max_new_tokens, args.temperature, args.top_k,
-                               args.top_p, args.seed, args.threads)
-        if args.json:
-            write_json(result, args.json)
-    except BenchError as e:
-        print(f"error: {first_line(e)}", file=sys.stderr)
-        return 2
-    return 0
+
+    def body() -> int:
+        try:
+            result = generate_text(args.model, args.prompt, args.max_new_tokens, args.temperature, args.top_k,
+                                   args.top_p, args.seed, args.threads, truncate=args.truncate)
+            if args.json:
+                write_json(result, args.json)
+        except BenchError as e:
+            print(f"error: {first_line(e)}", file=sys.stderr)
+            return 2
+        return 0
+
+    return run_command(body)
 
 
 if __name__ == "__main__":

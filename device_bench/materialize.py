@@ -9,14 +9,17 @@ import argparse
 import json
 import os
 import sys
-import tempfile
 
 import numpy as np
 
 from device_bench.errors import BenchError, first_line
+from device_bench.files import atomic_path, check_output, gguf_output_key
+from device_bench.gguf_check import check_gguf
 from device_bench.gguf_weights import TYPE_NAMES, quantized, weight_types
+from device_bench.interrupt import run_command
 
 CONTAINER_ARCH = "tensoredge"
+PROVENANCE = ("tensoredge.plan", "tensoredge.source", "tensoredge.version")  # keys copied to the dense GGUF
 
 
 def ordered_matmul(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -52,7 +55,7 @@ def as_float(tensor) -> np.ndarray:
 
 
 def rebuild(name: str, record: dict, tensors: dict) -> np.ndarray:
-    """The dense llama.cpp tensor `name` from its factors."""
+    """The dense llama.cpp tensor `name` from its factors (checked by `check_factors` first)."""
     if record["kind"] == "tt":
         return tt_rows([as_float(tensors[f"{name}.tt.{k}"]) for k in range(record["cores"])], record["dim"])
     if record["kind"] == "low_rank":
@@ -60,12 +63,64 @@ def rebuild(name: str, record: dict, tensors: dict) -> np.ndarray:
     raise BenchError(f"unknown factor kind {record['kind']!r} for {name}: update tensoredge on the device")
 
 
-def materialize(container: str, out: str, weight_type: str | None = None) -> dict:
+def check_factors(factors: object, tensors: dict, hparams: dict, container: str) -> None:
+    """Every record names tensors the file holds, with shapes that chain and a dense result no larger
+    than the architecture's largest weight; checked before anything is allocated."""
+    def bad(what: str) -> BenchError:
+        return BenchError(f"{container}: {what}: the container is corrupt or was not written by tensoredge")
+
+    if not isinstance(factors, dict):
+        raise bad("tensoredge.factors is not a JSON object")
+    embd, vocab, ffn = (hparams.get(k) for k in ("embedding_length", "vocab_size", "feed_forward_length"))
+    if not all(isinstance(v, int) and v > 0 for v in (embd, vocab, ffn)):
+        raise bad("its hyper-parameters (embedding_length, vocab_size, feed_forward_length) are missing")
+    largest = max(vocab, ffn, 3 * embd) * max(embd, ffn)  # elements of the largest dense weight
+
+    def shape(part: str, dims: int) -> tuple[int, ...]:
+        """The numpy shape of tensor `part` as recorded in the file (GGUF lists dimensions reversed)."""
+        if part not in tensors:
+            raise bad(f"it lacks the tensor {part}")
+        found = tuple(int(n) for n in reversed(tensors[part].shape))
+        if len(found) != dims:
+            raise bad(f"{part} has {len(found)} dimensions, not {dims}")
+        return found
+
+    for name, record in factors.items():
+        if not isinstance(record, dict) or record.get("kind") not in ("tt", "low_rank"):
+            raise bad(f"the record for {name} has no known kind (tt or low_rank)")
+        if record["kind"] == "tt":
+            cores, dim = record.get("cores"), record.get("dim")
+            if not (isinstance(cores, int) and 1 <= cores <= 16 and isinstance(dim, int) and dim == embd):
+                raise bad(f"the record for {name} claims {cores!r} cores of width {dim!r} "
+                          f"(1-16 cores of the model's width {embd})")
+            shapes = [shape(f"{name}.tt.{k}", 4) for k in range(cores)]
+            width, left = 1, 1
+            for k, (rows, r_in, n, r_out) in enumerate(shapes):
+                if rows != vocab or r_in != left or (k == cores - 1 and r_out != 1):
+                    raise bad(f"{name}.tt.{k} has shape {list(shapes[k])}, which does not chain")
+                width, left = width * n, r_out
+            if width < dim:
+                raise bad(f"the cores of {name} give rows of {width} values, fewer than {dim}")
+        else:
+            (out, rank), (rank_down, cols) = shape(f"{name}.up", 2), shape(f"{name}.down", 2)
+            if rank != rank_down or out * cols > largest:
+                raise bad(f"{name}.up {[out, rank]} and .down {[rank_down, cols]} do not make a weight "
+                          f"of this model")
+
+
+def materialize(container: str, out: str, weight_type: str | None = None, force: bool = False) -> dict:
     """Write the dense GGUF for `container` to `out` (atomically); returns sizes and types."""
     try:
         import gguf
     except ImportError:
         raise BenchError("materialize needs gguf-py: pip install gguf") from None
+    check_output(out, "gguf", inputs=[container], force=force)
+    if not os.path.isfile(container):
+        raise BenchError(f"cannot read container {container}: no such file (check the path)")
+    try:
+        header = check_gguf(container)
+    except BenchError as exc:
+        raise BenchError(f"cannot read container: {exc}") from None
     try:
         reader = gguf.GGUFReader(container)
     except (OSError, ValueError) as exc:
@@ -78,28 +133,40 @@ def materialize(container: str, out: str, weight_type: str | None = None) -> dic
     if field("general.architecture") != CONTAINER_ARCH:
         raise BenchError(f"{container} is not a tensoredge container (architecture "
                          f"{field('general.architecture')!r}); llama.cpp can run it as it is")
-    target, factors = field(f"{CONTAINER_ARCH}.target_architecture"), json.loads(field(f"{CONTAINER_ARCH}.factors"))
+    target = field(f"{CONTAINER_ARCH}.target_architecture")
+    try:
+        factors = json.loads(field(f"{CONTAINER_ARCH}.factors") or "")
+    except ValueError as exc:
+        raise BenchError(f"{container}: tensoredge.factors is not valid JSON ({first_line(exc)}): "
+                         "export the container again") from None
     stored_type = field(f"{CONTAINER_ARCH}.weight_type")
     weight_type = weight_type or stored_type
     if weight_type not in TYPE_NAMES:
         raise BenchError(f"unknown GGUF type '{weight_type}': choose one of {', '.join(TYPE_NAMES)}")
     qtype, file_type = weight_types()[weight_type]
     tensors = {t.name: t for t in reader.tensors}
+    hparams = {key: header.kvs.get(f"{target}.{key}") for key in ("embedding_length", "feed_forward_length")}
+    tokens = header.kvs.get("tokenizer.ggml.tokens")
+    hparams["vocab_size"] = header.kvs.get(f"{target}.vocab_size") or (tokens[2] if tokens else None)
+    check_factors(factors, tensors, hparams, container)
     factor_parts = {f"{name}.{part}" for name in factors for part in
                     ([f"tt.{k}" for k in range(factors[name].get("cores", 0))] + ["up", "down"])}
 
-    folder = os.path.dirname(os.path.abspath(out))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".materialize-", suffix=".gguf")
-    os.close(fd)
-    try:
-        writer = gguf.GGUFWriter(tmp, target)
+    with atomic_path(out, kind="gguf") as tmp:
+        writer = gguf.GGUFWriter(str(tmp), target)
+        gguf_output_key(writer, "gguf")
         for key, f in reader.fields.items():
-            if key.startswith(("GGUF.", f"{CONTAINER_ARCH}.")) or key in ("general.architecture", "general.file_type"):
+            if key.startswith(("GGUF.", f"{CONTAINER_ARCH}.")) or key in (
+                    "general.architecture", "general.file_type", "general.quantization_version"):
                 continue
             sub_type = f.types[-1] if f.types[0] == gguf.GGUFValueType.ARRAY else None
             writer.add_key_value(key, f.contents(), f.types[0], sub_type=sub_type)
+        for key in PROVENANCE:  # where the weights came from travels on
+            if field(key) is not None:
+                writer.add_string(key, field(key))
         writer.add_file_type(file_type)
+        if qtype not in (gguf.GGMLQuantizationType.F32, gguf.GGMLQuantizationType.F16):
+            writer.add_quantization_version(gguf.GGML_QUANT_VERSION)
         for name, tensor in tensors.items():
             if name in factor_parts:
                 continue
@@ -115,10 +182,6 @@ def materialize(container: str, out: str, weight_type: str | None = None) -> dic
         writer.write_kv_data_to_file()
         writer.write_tensors_to_file()
         writer.close()
-        os.replace(tmp, out)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
     return {"container": container, "container_bytes": os.path.getsize(container), "out": out,
             "out_bytes": os.path.getsize(out), "weight_type": weight_type,
             "rebuilt_tensors": len(factors), "architecture": target}
@@ -129,14 +192,19 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("container", help="factorized container written by `tensoredge export container`")
     p.add_argument("out", help="dense GGUF to write")
     p.add_argument("--type", choices=TYPE_NAMES, help="weight type of the output (default: the container's)")
+    p.add_argument("--force", action="store_true", help="replace tensoredge's own output of another kind at OUT")
     args = p.parse_args(argv)
-    try:
-        result = materialize(args.container, args.out, args.type)
-    except BenchError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    print(json.dumps(result, indent=2))
-    return 0
+
+    def body() -> int:
+        try:
+            result = materialize(args.container, args.out, args.type, args.force)
+        except BenchError as exc:
+            print(f"error: {first_line(exc)}", file=sys.stderr)
+            return 2
+        print(json.dumps(result, indent=2))
+        return 0
+
+    return run_command(body)
 
 
 if __name__ == "__main__":

@@ -118,7 +118,7 @@ class OnnxCausalLM:
         batch, seq = ids.shape
         feed = {"input_ids": ids}
         if not self.kv_cache:
-            return self.session.run(["logits"], feed)[0], []
+            return self.run(["logits"], feed)[0], []
         past = self.empty_past(batch) if past is None else past
         start = past[0].shape[2]
         if "attention_mask" in self.input_names:
@@ -127,8 +127,15 @@ class OnnxCausalLM:
             feed["position_ids"] = np.ascontiguousarray(np.broadcast_to(np.arange(start, start + seq), (batch, seq)))
         for i in range(self.layers):
             feed[f"past_key_values.{i}.key"], feed[f"past_key_values.{i}.value"] = past[2 * i], past[2 * i + 1]
-        logits, *present = self.session.run(self.outputs, feed)
+        logits, *present = self.run(self.outputs, feed)
         return logits, present
+
+    def run(self, outputs: list[str], feed: dict) -> list[np.ndarray]:
+        """session.run, its failures one line (e.g. positions past the graph's table)."""
+        try:
+            return self.session.run(outputs, feed)
+        except Exception as e:  # onnxruntime's own pybind exception types
+            raise BenchError(f"ONNX Runtime failed running {self.path}: {first_line(e)}") from None
 
     def logits(self, ids: np.ndarray) -> np.ndarray:
         """Full-sequence logits (batch, seq, vocab) with no cache, as float32."""

@@ -15,7 +15,9 @@ import numpy as np
 import torch
 
 from device_bench.gguf_weights import TYPE_NAMES, quantized, weight_types
+from device_bench.files import gguf_output_key
 from models.base import LoadedModel
+from models.gguf_file import FILE_KEYS
 from toolkit.compress import factorized_modules
 from toolkit.errors import TensoredgeError
 from toolkit.files import atomic_path
@@ -185,12 +187,62 @@ def new_writer(path: Path, loaded: LoadedModel, weight_type: str, arch_name: str
         raise TensoredgeError(f"unknown GGUF type '{weight_type}': choose one of {', '.join(TYPE_NAMES)}")
     target = gguf.MODEL_ARCH_NAMES[gguf.MODEL_ARCH[ARCHES[loaded.family]]]
     writer = gguf.GGUFWriter(str(path), arch_name or target)
+    gguf_output_key(writer, "container" if arch_name else "gguf")
     writer.arch = target  # hyper-parameter keys are "<llama.cpp arch>.<key>"
     writer.add_name(loaded.name)
+    add_source_metadata(writer, loaded.metadata)
+    add_provenance(writer, loaded)
     writer.add_file_type(weight_types()[weight_type][1])
+    if weight_type not in ("f32", "f16"):
+        writer.add_quantization_version(gguf.GGML_QUANT_VERSION)
     add_hparams(writer, loaded.family, loaded.model.config)
     add_tokenizer(writer, loaded)
     return writer
+
+
+def add_source_metadata(writer, metadata: dict) -> None:
+    """The source model's general.* keys (license, organization, basename, size_label, languages...):
+    a model's license travels with it. Types follow the values (strings, string lists, integers)."""
+    import gguf
+
+    T = gguf.GGUFValueType
+
+    def kind(value) -> "gguf.GGUFValueType | None":
+        if isinstance(value, bool):
+            return T.BOOL
+        if isinstance(value, int):
+            return T.UINT32 if 0 <= value < 2**32 else T.INT64
+        if isinstance(value, float):
+            return T.FLOAT32
+        if isinstance(value, str):
+            return T.STRING
+        return None
+
+    for key, value in metadata.items():
+        if not key.startswith("general.") or key in FILE_KEYS:
+            continue
+        if isinstance(value, list):
+            if value and kind(value[0]) is not None and all(kind(v) == kind(value[0]) for v in value):
+                writer.add_key_value(key, value, T.ARRAY, sub_type=kind(value[0]))
+        elif kind(value) is not None:
+            writer.add_key_value(key, value, kind(value))
+
+
+def add_provenance(writer, loaded: LoadedModel) -> None:
+    """What made this file: tensoredge's version, the source and the compression plan."""
+    writer.add_string("tensoredge.version", tool_version())
+    writer.add_string("tensoredge.source", loaded.source)
+    if loaded.plan:
+        writer.add_string("tensoredge.plan", json.dumps(loaded.plan, sort_keys=True))
+
+
+def tool_version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return f"tensoredge {version('tensoredge')}"
+    except PackageNotFoundError:
+        return "tensoredge (source tree)"
 
 
 def add_model_tensors(writer, loaded: LoadedModel, qtype, materialize: bool = True) -> int:
@@ -217,7 +269,7 @@ def export_gguf(
 ) -> dict:
     """Write `loaded` as a llama.cpp GGUF of `weight_type`, verify it, then move it into place."""
     say = progress or (lambda _msg: None)
-    with atomic_path(path) as tmp:
+    with atomic_path(path, kind="gguf") as tmp:
         writer = new_writer(tmp, loaded, weight_type)
         kept_f32 = add_model_tensors(writer, loaded, weight_types()[weight_type][0])
         say(f"writing GGUF ({weight_type})")

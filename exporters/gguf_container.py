@@ -70,7 +70,7 @@ def export_container(
 
     say = progress or (lambda _msg: None)
     names = tensor_map(loaded)
-    with atomic_path(path) as tmp:
+    with atomic_path(path, kind="container") as tmp:
         writer = new_writer(tmp, loaded, weight_type, arch_name=CONTAINER_ARCH)
         writer.add_string(f"{CONTAINER_ARCH}.target_architecture", writer.arch)
         writer.add_string(f"{CONTAINER_ARCH}.weight_type", weight_type)

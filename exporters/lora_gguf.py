@@ -17,6 +17,7 @@ from typing import Callable
 import numpy as np
 import torch
 
+from device_bench.files import gguf_output_key
 from exporters.gguf import ARCHES, export_gguf, gguf_name_of, gguf_tensor, tensor_map, verify_gguf
 from models.base import LoadedModel
 from toolkit.adapters import adapters_of, remove_adapters_
@@ -75,8 +76,9 @@ def export_lora_gguf(loaded: LoadedModel, path: str | Path, rank: int | None = N
     names = tensor_map(loaded)
     arch = gguf.MODEL_ARCH_NAMES[gguf.MODEL_ARCH[ARCHES[loaded.family]]]
     errors = {}
-    with atomic_path(path) as tmp:
+    with atomic_path(path, kind="lora") as tmp:
         writer = gguf.GGUFWriter(str(tmp), arch)
+        gguf_output_key(writer, "lora")
         writer.add_type(gguf.GGUFType.ADAPTER)
         writer.add_string(gguf.Keys.Adapter.TYPE, "lora")
         writer.add_float32(gguf.Keys.Adapter.LORA_ALPHA, float(rank))

@@ -27,6 +27,7 @@ from exporters.onnx_builder.reference import quantized_reference
 from exporters.onnx_graph import check_elements_kept, graph_weight_bytes, op_counts
 from exporters.onnx_parity import FLOAT64_SLACK, check_agreement, check_parity, check_quantized
 from models.base import LoadedModel
+from models.tokenizer_files import save_tokenizer
 from toolkit.counting import count_parameters
 from toolkit.errors import TensoredgeError
 from toolkit.files import atomic_path
@@ -98,7 +99,7 @@ def export_onnx(
               "model_param_bytes": counts["bytes"], "model_params": counts["params"], "kv_cache": True,
               "exporter": f"tensoredge onnx_builder (fused ONNX Runtime ops), torch {torch.__version__}",
               "files": {}}
-    with atomic_path(out_dir, directory=True) as tmp:
+    with atomic_path(out_dir, directory=True, kind="onnx") as tmp:  # see device_bench.files
         tmp.mkdir(parents=True, exist_ok=True)
         for fmt in formats:
             path = tmp / FILE_NAMES[fmt.name]
@@ -129,7 +130,7 @@ def export_onnx(
         model.config.save_pretrained(tmp)
         if getattr(model, "generation_config", None) is not None:
             model.generation_config.save_pretrained(tmp)
-        loaded.tokenizer.save_pretrained(tmp)
+        save_tokenizer(loaded.tokenizer, tmp)  # no truncation or padding carried into the export
         write_genai_config(tmp, loaded, result["files"][formats[0].name]["file"])
         (tmp / "export.json").write_text(json.dumps(result, indent=2) + "\n")
     result["file_bytes"] = sum(e["file_bytes"] for e in result["files"].values())

@@ -38,12 +38,32 @@ def load_model(ref: str) -> LoadedModel:
     names = ", ".join(REGISTRY)
     if ref.startswith((".", "/", "~")) or ref.count("/") > 1:  # a path, not a hub id
         raise TensoredgeError(f"model '{ref}' not found: no such directory or file (registered: {names})")
+    unknown = f"unknown model '{ref}': not a registered name ({names}), not a local folder or file"
+    why_not = hub_unavailable()
+    if why_not:
+        raise TensoredgeError(f"{unknown}, and the Hugging Face hub was not tried ({why_not})")
     from models.hf_pretrained import load_hf
 
     try:
         return load_hf(ref)
     except TensoredgeError as exc:
-        raise TensoredgeError(
-            f"unknown model '{ref}': not a registered name ({names}), not a local path, "
-            f"and the Hugging Face hub did not provide it ({exc})"
-        ) from None
+        raise TensoredgeError(f"{unknown}, and the Hugging Face hub did not provide it ({exc})") from None
+
+
+def hub_unavailable(timeout: float = 3.0) -> str | None:
+    """Why the Hugging Face hub cannot be asked now (offline settings, or no connection within
+    `timeout` seconds), or None when it can: one quick look instead of a minute of retries."""
+    import os
+    import socket
+    from urllib.parse import urlparse
+
+    for flag in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"):
+        if os.environ.get(flag, "").strip().lower() in ("1", "true", "yes", "on"):
+            return f"{flag} is set"
+    endpoint = urlparse(os.environ.get("HF_ENDPOINT") or "https://huggingface.co")
+    host, port = endpoint.hostname or "huggingface.co", endpoint.port or (80 if endpoint.scheme == "http" else 443)
+    try:
+        socket.create_connection((host, port), timeout=timeout).close()
+    except OSError as exc:
+        return f"{host}:{port} is unreachable: {exc.strerror or type(exc).__name__}"
+    return None

@@ -15,6 +15,7 @@ class ModelSpec:
     source: str  # human-readable origin of the weights
     load: Callable[[], "LoadedModel"]
     eval_context: int = 1024  # tokens per evaluation window
+    context: int | None = None  # the longest sequence it takes (its position limit), known without loading
     demo_plan: dict[str, str] = field(default_factory=dict)  # target -> method spec
     notes: str = ""
 
@@ -30,6 +31,8 @@ class LoadedModel:
     source: str
     gguf_pre: str = "default"  # llama.cpp pre-tokenizer name used when writing GGUF
     eval_context: int = 1024
+    metadata: dict = field(default_factory=dict)  # the source's GGUF general.* keys (license, ...)
+    plan: dict = field(default_factory=dict)  # how it was compressed (a compressed folder's manifest)
 
     @property
     def config(self) -> Any:

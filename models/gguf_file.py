@@ -36,14 +36,32 @@ def byte_level_decoder(tokenizer) -> None:
         backend.decoder = decoders.ByteLevel()
 
 
+# general.* keys that describe the file, not the model: the exporter writes its own
+FILE_KEYS = ("general.architecture", "general.name", "general.file_type", "general.quantization_version",
+             "general.alignment")
+
+
+def source_metadata(reader) -> dict:
+    """The general.* keys of a GGUF (license, organization, basename, size_label, languages, ...)."""
+    return {key: field.contents() for key, field in reader.fields.items()
+            if key.startswith("general.") and key not in FILE_KEYS}
+
+
 def load_gguf_file(path: Path, name: str | None = None, eval_context: int = 1024) -> LoadedModel:
     """Load a GGUF file (any architecture transformers can dequantize) as a float32 model."""
     from gguf import GGUFReader
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
+    from device_bench.errors import BenchError
+    from device_bench.gguf_check import check_gguf
+
     path = Path(path)
     if not path.is_file():
         raise TensoredgeError(f"GGUF file not found: {path}")
+    try:
+        check_gguf(path)  # a truncated or crafted header is one line, before transformers reads it
+    except BenchError as exc:
+        raise TensoredgeError(f"could not read GGUF file: {exc}") from None
     try:
         config = AutoConfig.from_pretrained(path.parent, gguf_file=path.name)
         if config.model_type == "gpt2":  # transformers maps GGUF's context_length to n_ctx only
@@ -64,4 +82,5 @@ def load_gguf_file(path: Path, name: str | None = None, eval_context: int = 1024
         source=f"GGUF file {path} (dequantized to float32)",
         gguf_pre=gguf_field(reader, "tokenizer.ggml.pre") or "default",
         eval_context=min(eval_context, model.config.max_position_embeddings),
+        metadata=source_metadata(reader),
     )

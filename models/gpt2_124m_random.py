@@ -9,6 +9,7 @@ SPEC = ModelSpec(
     source="random init with GPT-2 small's config (124M parameters)",
     load=lambda: build_random_gpt2("gpt2-124m-random", seed=0),
     eval_context=1024,
+    context=1024,
     demo_plan={"embedding": "tt:ratio=4", "mlp": "svd:ratio=1.5"},
     notes="Speed does not depend on weight values; do not read quality numbers from it.",
 )

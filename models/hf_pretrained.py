@@ -15,7 +15,7 @@ def load_hf(ref: str) -> LoadedModel:
 
     where = "local directory" if Path(ref).is_dir() else "Hugging Face hub id"
     try:
-        model = AutoModelForCausalLM.from_pretrained(ref)
+        model = AutoModelForCausalLM.from_pretrained(ref, use_safetensors=True)  # never a pickled .bin
         tokenizer = AutoTokenizer.from_pretrained(ref)
     except (OSError, ValueError) as exc:
         raise TensoredgeError(f"could not load {where} '{ref}': {first_line(exc)}") from None

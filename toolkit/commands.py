@@ -40,10 +40,15 @@ def info(args: argparse.Namespace) -> dict:
 
 def evaluation_windows(loaded, args: argparse.Namespace) -> tuple[list, dict]:
     """Windows of the held-out text (--text, default WikiText-2 test) for `loaded`, and the settings used."""
+    from device_bench.context import config_context
+    from toolkit.errors import TensoredgeError
     from toolkit.evaluate import text_windows
 
-    return text_windows(loaded.tokenizer, getattr(args, "text", "wikitext2"), args.max_tokens,
-                        args.context or loaded.eval_context, args.stride)
+    context = args.context or loaded.eval_context
+    limit = config_context(loaded.model.config.to_dict()) if hasattr(loaded.model, "config") else None
+    if limit is not None and context > limit:  # models whose context only loading tells (hub ids)
+        raise TensoredgeError(f"--context {context} is longer than the model's context of {limit} tokens")
+    return text_windows(loaded.tokenizer, getattr(args, "text", "wikitext2"), args.max_tokens, context, args.stride)
 
 
 def is_onnx_export(ref: str) -> bool:
@@ -294,7 +299,7 @@ def generate(args: argparse.Namespace) -> dict:
         from device_bench.generate import generate_text
 
         return generate_text(args.model, args.prompt, args.max_new_tokens, args.temperature, args.top_k,
-                             args.top_p, args.seed, args.threads)
+                             args.top_p, args.seed, args.threads, truncate=args.truncate)
     import torch
 
     from toolkit.checkpoint import open_model
@@ -304,8 +309,12 @@ def generate(args: argparse.Namespace) -> dict:
         raise TensoredgeError("sampling options need an ONNX export (--model EXPORT_DIR); "
                               "PyTorch models generate greedily here")
 
+    from device_bench.context import config_context, fit_prompt
+
     loaded = open_model(args.model)
-    ids = loaded.tokenizer(args.prompt, return_tensors="pt")["input_ids"]
+    encoded = loaded.tokenizer(args.prompt, truncation=False)["input_ids"]
+    ids = torch.tensor([fit_prompt(encoded, args.max_new_tokens, config_context(loaded.model.config.to_dict()),
+                                   args.truncate)])
     with torch.inference_mode():
         out = loaded.model.generate(ids, max_new_tokens=args.max_new_tokens, do_sample=False,
                                     pad_token_id=loaded.tokenizer.eos_token_id)
@@ -318,7 +327,7 @@ def generate(args: argparse.Namespace) -> dict:
 def materialize(args: argparse.Namespace) -> dict:
     from device_bench.materialize import materialize as rebuild
 
-    result = rebuild(args.container, args.out, args.type)
+    result = rebuild(args.container, args.out, args.type, args.force)
     print_result(result)
     return result
 

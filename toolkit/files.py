@@ -1,26 +1,12 @@
-"""Write outputs under a temporary name and rename them, so a failure leaves nothing half-written."""
+"""Outputs: written under a temporary name and renamed, never replacing what tensoredge did not write.
 
-from __future__ import annotations
+The mechanism lives in device_bench.files (standard library only, so it also runs on a board);
+its docstring says how every command and exporter uses it. In short:
 
-import os
-import shutil
-import tempfile
-from contextlib import contextmanager
-from pathlib import Path
-from typing import Iterator
+    check_output(out, "onnx", inputs=[model], force=args.force)   # before the work: one-line refusals
+    with atomic_path(out, directory=True, kind="onnx") as tmp:    # write into tmp; renamed on success
+        ...
+"""
 
-
-@contextmanager
-def atomic_path(final: str | os.PathLike, directory: bool = False) -> Iterator[Path]:
-    """Yield a temporary path beside `final`; on success move it into place, on failure remove it."""
-    final = Path(final)
-    final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=final.parent))
-    target = tmp if directory else tmp / final.name
-    try:
-        yield target
-        if directory and final.is_dir():
-            shutil.rmtree(final)
-        os.replace(target, final)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+from device_bench.files import (KINDS, MARKER, atomic_path, check_output, claim_folder, owner,  # noqa: F401
+                                remove_stale_temporaries, write_json)

@@ -10,7 +10,7 @@ import time
 from datetime import datetime, timezone
 from pathlib import Path
 
-from device_bench.files import write_json
+from device_bench.files import atomic_path, check_output, claim_folder, write_json
 from toolkit.progress import say
 
 VARIANTS = ("dense", "compressed")
@@ -51,7 +51,7 @@ def run_pipeline(args: argparse.Namespace) -> dict:
 
     started = time.time()
     out = Path(args.out or Path("tensoredge-out") / Path(args.model).name)
-    out.mkdir(parents=True, exist_ok=True)
+    check_output(out, "pipeline", inputs=[args.model], force=getattr(args, "force", False))
     plan = plan_of(args) or REGISTRY.get(args.model, REGISTRY[DEFAULT_MODEL]).demo_plan
 
     say(f"loading {args.model}")
@@ -62,6 +62,7 @@ def run_pipeline(args: argparse.Namespace) -> dict:
     t0 = time.time()
     compress_(compressed.model, compressed.family, plan, tokenizer=compressed.tokenizer)
     compress_s = time.time() - t0
+    claim_folder(out, "pipeline")
     save_compressed(compressed, plan, out / "compressed")
 
     windows, setup = evaluation_windows(dense, args)
@@ -102,7 +103,8 @@ def run_pipeline(args: argparse.Namespace) -> dict:
         "seconds": time.time() - started,
     }
     write_json(summary, out / "summary.json")
-    (out / "summary.md").write_text(summary_markdown(summary))
+    with atomic_path(out / "summary.md") as tmp:
+        tmp.write_text(summary_markdown(summary))
     headers, rows = summary_rows(summary)
     print(text_table(headers, rows))
     print(f"report: {out}/summary.md  ({summary['seconds']:.0f} s)")

@@ -384,7 +384,6 @@ def plot_section(plot: Plot, runs: Sequence[Run], labels: Sequence[str], machine
     """Draw `plot` if any run has its metric; the Markdown that shows it or says why it is absent."""
     points = [p for run, label in zip(runs, labels) if (p := plot.point(run, label)) is not None]
     if not points:
-        (out_dir / plot.file).unlink(missing_ok=True)  # no stale plot from an earlier report
         return [f"### {plot.title}", "", f"No plot: {plot.absent}", ""]
     draw(plot, points, machines, out_dir / plot.file)
     return [f"### {plot.title}", "", f"![{plot.title}]({plot.file})", ""]
@@ -459,8 +458,7 @@ def write_report(paths: Sequence[Path], out_dir: Path) -> Path:
     names = list(machines_of(runs))
     machines = ", ".join(names) if len(names) <= 2 else f"{len(names)} machines"
     labels = [f"{label} ({r.emulated})" if r.emulated else label for r, label in zip(runs, file_labels(runs))]
-    plots = [line for plot in PLOTS for line in plot_section(plot, runs, labels, machines, out_dir)]
-    report = out_dir / "report.md"
-    with atomic_path(report) as tmp:
-        tmp.write_text(report_markdown(inputs, paths, plots))
-    return report
+    with atomic_path(out_dir, directory=True, kind="report") as tmp:  # the whole folder, replaced at once
+        plots = [line for plot in PLOTS for line in plot_section(plot, runs, labels, machines, tmp)]
+        (tmp / "report.md").write_text(report_markdown(inputs, paths, plots))
+    return Path(out_dir) / "report.md"

@@ -38,6 +38,10 @@ class TorchRuntime:
             loaded = open_model(ref)
         except TensoredgeError as exc:
             raise BenchError(first_line(exc)) from None
+        context = getattr(loaded.model.config, "n_positions", None) or loaded.model.config.max_position_embeddings
+        if max_tokens > context:
+            raise BenchError(f"prompt + decode is {max_tokens} tokens, longer than the model's context of "
+                             f"{context}: lower --prompt-tokens or --decode-tokens")
         self.model = loaded.model.to(self.device)
         self.torch = torch
         self.version = f"torch {torch.__version__}" + (f" cuda {torch.version.cuda}" if self.device == "cuda" else "")

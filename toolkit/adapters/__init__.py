@@ -65,8 +65,7 @@ def save_adapters(model: nn.Module, out_dir: str | Path, base: str) -> Path:
     adapters = adapters_of(model)
     if not adapters:
         raise TensoredgeError("the model has no adapters to save")
-    with atomic_path(out_dir, directory=True) as tmp:
-        tmp.mkdir(exist_ok=True)
+    with atomic_path(out_dir, directory=True, kind="adapter") as tmp:
         save_file(adapter_state(model), str(tmp / ADAPTER_WEIGHTS))
         (tmp / ADAPTER_JSON).write_text(json.dumps({
             "format": ADAPTER_FORMAT, "base": base, "parameters": adapter_parameters(model),

@@ -28,18 +28,15 @@ def compress_(model: nn.Module, family: str, plan: Plan, tokenizer=None, progres
     `tokenizer` is needed by methods that read calibration text (WikiText-2 valid); `device` is
     where that calibration pass runs.
     """
+    specs = check_plan(plan)
     ctx = Context(model, family, tokenizer, device=device)
-    specs = {target: parse_spec(text) for target, text in plan.items()}
     for target, spec in specs.items():
-        method = get_method(spec.method, KIND.get(target, target))
-        unknown = set(spec.params) - set(method.params) - (set(HEAD_PARAMS) if target == "embedding" else set())
-        if unknown:
-            raise TensoredgeError(f"'{spec}' has unknown parameter(s) {', '.join(sorted(unknown))}: "
-                                  f"{spec.method} takes {', '.join(method.params)}")
-        if str(spec.params.get("head", "shared")) not in HEAD_POLICIES:
-            raise TensoredgeError(f"head={spec.params['head']} in '{spec}' is not a head policy: "
-                                  f"choose one of {', '.join(HEAD_POLICIES)}")
+        method = get_method(spec.method, KIND[target])
         paths = find_targets(model, family, target)
+        already = [p for p in paths if isinstance(model.get_submodule(p), Factorized)]
+        if already:
+            raise TensoredgeError(f"{target} layers are already compressed "
+                                  f"({model.get_submodule(already[0]).record['method']}): compress the original model")
         tied = target == "embedding" and head_is_tied(model)
         if hasattr(method, "compress_group"):
             for path, module in method.compress_group(paths, spec, ctx).items():
@@ -52,6 +49,31 @@ def compress_(model: nn.Module, family: str, plan: Plan, tokenizer=None, progres
             tie_head_(model, paths[0], str(spec.params.get("head", "shared")), head_ratio)
         if progress:
             progress(f"{target}: {len(paths)} layer(s) compressed with {spec}")
+
+
+def check_plan(plan: Plan) -> dict[str, MethodSpec]:
+    """Parse and check every spec of `plan` (targets, methods, parameters, numbers) without touching
+    a model, so a bad plan fails before anything is loaded or computed. Returns the specs."""
+    specs = {}
+    for target, text in plan.items():
+        if target not in KIND:
+            raise TensoredgeError(f"unknown target '{target}': plans map {', '.join(TARGETS)} to method specs")
+        spec = specs[target] = parse_spec(text)
+        method = get_method(spec.method, KIND[target])
+        unknown = set(spec.params) - set(method.params) - (set(HEAD_PARAMS) if target == "embedding" else set())
+        if unknown:
+            raise TensoredgeError(f"'{spec}' has unknown parameter(s) {', '.join(sorted(unknown))}: "
+                                  f"{spec.method} takes {', '.join(method.params)}")
+        if str(spec.params.get("head", "shared")) not in HEAD_POLICIES:
+            raise TensoredgeError(f"head={spec.params['head']} in '{spec}' is not a head policy: "
+                                  f"choose one of {', '.join(HEAD_POLICIES)}")
+        for key, value in spec.params.items():
+            if isinstance(value, (int, float)):
+                spec.number(key)  # finite; whole numbers for ranks and orders
+        if (spec.number("ratio") or 2.0) <= 1:
+            raise TensoredgeError(f"ratio {spec.number('ratio'):g} in '{spec}' would not reduce parameters: "
+                                  "use a ratio > 1")
+    return specs
 
 
 def tie_head_(model: nn.Module, embedding_path: str, policy: str, head_ratio: float = 2.0) -> None:
@@ -79,4 +101,4 @@ def rebuild_(model: nn.Module, records: dict[str, dict]) -> None:
         model.set_submodule(path, METHODS[record["method"]].rebuild(record, model))
 
 
-__all__ = ["compress_", "rebuild_", "factorized_modules", "parse_spec", "Context", "MethodSpec", "Plan", "TARGETS"]
+__all__ = ["compress_", "check_plan", "rebuild_", "factorized_modules", "parse_spec", "Context", "MethodSpec", "Plan", "TARGETS"]

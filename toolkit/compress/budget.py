@@ -83,6 +83,20 @@ def surgical_ranks(facts: dict[str, Factorization], remove: float, objective: st
     return choose(high)[0]
 
 
+def check_budget(method: str, remove: float | None, max_increase: float | None, how: str = "surgical") -> None:
+    """The --fc budget's one-line refusals, checked before any model is loaded or calibrated."""
+    chosen = get_method(method, "linear")
+    if not hasattr(chosen, "factorizations"):
+        raise TensoredgeError(f"method '{method}' has no per-rank factorization, so no budgeted allocation: "
+                              "use svd, asvd, svd-llm or feature")
+    if how not in ALLOCATIONS:
+        raise TensoredgeError(f"allocation '{how}' unknown: choose one of {', '.join(ALLOCATIONS)}")
+    if remove is not None and not (math.isfinite(remove) and 0 < remove < 1):
+        raise TensoredgeError(f"--remove {remove:g} must be a fraction between 0 and 1, e.g. 0.2 for 20%")
+    if max_increase is not None and not (math.isfinite(max_increase) and max_increase > 0):
+        raise TensoredgeError(f"--max-ppl-increase {max_increase:g} must be positive, e.g. 0.4 for +40%")
+
+
 def allocate(facts: dict[str, Factorization], remove: float, how: str, objective: str = "relative") -> dict[str, int]:
     if how not in ALLOCATIONS:
         raise TensoredgeError(f"allocation '{how}' unknown: choose one of {', '.join(ALLOCATIONS)}")

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 from toolkit.errors import TensoredgeError
+
+WHOLE = ("rank", "order", "tiers")  # counts: 1.5 is refused, never rounded down
+POSITIVE = ("ratio", "head_ratio", "eps", "boost", "top")
 
 
 @dataclass(frozen=True)
@@ -22,12 +26,19 @@ class MethodSpec:
         return f"{self.method}:{args}" if args else self.method
 
     def number(self, key: str) -> float | None:
-        """A numeric parameter, or None when absent."""
+        """A numeric parameter, or None when absent: finite, and a whole number >= 1 for WHOLE keys."""
         value = self.params.get(key)
         if value is None:
             return None
-        if not isinstance(value, (int, float)):
+        if not isinstance(value, (int, float)) or isinstance(value, bool):
             raise TensoredgeError(f"'{key}' in '{self}' must be a number, e.g. {self.method}:{key}=4")
+        if not math.isfinite(value):
+            raise TensoredgeError(f"{key}={value} in '{self}' must be a finite number, e.g. {self.method}:{key}=4")
+        if key in WHOLE and (value != int(value) or value < 1):
+            raise TensoredgeError(f"{key}={value:g} in '{self}' must be a whole number of at least 1, "
+                                  f"e.g. {self.method}:{key}={max(1, int(value))}")
+        if key in POSITIVE and value <= 0:
+            raise TensoredgeError(f"{key}={value:g} in '{self}' must be positive")
         return float(value)
 
 

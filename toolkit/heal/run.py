@@ -62,7 +62,7 @@ def run(job: HealJob, progress: Callable[[str], None] | None = None) -> dict:
     from toolkit.checkpoint import is_compressed_dir, open_model, read_manifest, save_compressed
     from toolkit.data import EVAL_TEXTS, text_ids
     from toolkit.evaluate import text_windows
-    from toolkit.files import atomic_path
+    from toolkit.files import atomic_path, claim_folder
     from toolkit.heal.mix import DataMix, parse
     from toolkit.heal.samples import read_info
     from toolkit.quant import check as check_quant
@@ -100,6 +100,7 @@ def run(job: HealJob, progress: Callable[[str], None] | None = None) -> dict:
         windows[name], evaluation[name] = text_windows(loaded.tokenizer, name, job.max_tokens, context, job.stride, ids)
         if config.eval_every:
             monitor[name], _ = text_windows(loaded.tokenizer, name, job.curve_tokens, context, job.stride, ids)
+    claim_folder(out, "heal")  # ours from now on: resumable, and recognised by a later run
     resume = check_resume(out, trainable(loaded.model, config.train), config, data, say)
     quant = (config.quant_bits, config.quant_block) if config.quant_bits else None
     teacher.model.to(job.device).eval()

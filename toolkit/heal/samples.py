@@ -127,7 +127,7 @@ def save_samples(out_dir: str | Path, ids: torch.Tensor, settings: SampleSetting
             "tokenizer_sha256": tokenizer_fingerprint(tokenizer), "prompts": "WikiText-2 valid",
             "suppressed": "special tokens", "ids_sha256": hashlib.sha256(ids.numpy().tobytes()).hexdigest(),
             "seconds": seconds}
-    with atomic_path(out_dir, directory=True) as tmp:
+    with atomic_path(out_dir, directory=True, kind="samples") as tmp:
         tmp.mkdir(exist_ok=True)
         save_file({"ids": ids}, str(tmp / IDS))
         (tmp / INFO).write_text(json.dumps(info, indent=2) + "\n")
