@@ -34,12 +34,13 @@ def pickle_loads(source: str) -> list[str]:
     return found
 
 
+PACKAGES = ("toolkit", "exporters", "device_bench", "models", "benchmarks", "scripts")  # all our code but tests
+
+
 def test_no_pickle_loads_anywhere_in_the_tree():
     offenders = {}
-    for path in ROOT.rglob("*.py"):
+    for path in [p for folder in PACKAGES for p in (ROOT / folder).rglob("*.py")]:
         relative = path.relative_to(ROOT).as_posix()
-        if relative.startswith((".venv/", "tests/")):
-            continue
         if calls := pickle_loads(path.read_text()):
             offenders[relative] = calls
     assert offenders == {}
