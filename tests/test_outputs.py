@@ -109,17 +109,20 @@ def test_outputs_follow_the_umask(tmp_path):
 
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
 def test_interrupted_export_removes_its_temporary(signum, tmp_path):
+    """The signal lands while the first of four precision gates runs: three remain, so the export cannot
+    have finished (a fixed sleep raced the exporter, which takes about a second for tiny-gpt2)."""
     proc = subprocess.Popen([sys.executable, "-m", "toolkit.cli", "export", "onnx", "--model", "tiny-gpt2",
-                             "--out", "o"], cwd=tmp_path, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True)
-    deadline = time.time() + 600
-    while not any(p.name.startswith(".o.") for p in tmp_path.iterdir()):  # the temporary exists: work begun
-        assert proc.poll() is None and time.time() < deadline, proc.communicate()
-        time.sleep(0.2)
-    time.sleep(1.0)
+                             "--precision", "fp32", "fp16", "int8", "int4", "--out", "o"], cwd=tmp_path, env=ENV,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    seen = []
+    for line in proc.stderr:  # progress lines; the first gate starts after the temporary exists
+        seen.append(line)
+        if "fp32: checking" in line:
+            break
+    assert any(p.name.startswith(".o.") for p in tmp_path.iterdir()), seen
     proc.send_signal(signum)
     _, stderr = proc.communicate(timeout=300)
-    assert proc.returncode == 128 + signum, stderr
+    assert proc.returncode == 128 + signum, "".join(seen) + stderr
     assert "interrupted by" in one_error_line(stderr)
     assert list(tmp_path.iterdir()) == []
 
