@@ -12,6 +12,7 @@ import torch
 import torch.nn as nn
 
 from toolkit.compress import Context, compress_
+from toolkit.compress.low_rank import rank_of
 from toolkit.compress.ratio import TOLERANCE
 from toolkit.compress.registry import METHODS
 from toolkit.compress.spec import parse_spec
@@ -50,7 +51,7 @@ def table(rows: int, dim: int) -> nn.Embedding:
 def test_embedding_ratios_hold_over_a_grid(spec):
     outcomes = {}
     for dim in DIMS:
-        embedding = table(300, dim)
+        embedding = table(200, dim)
         for ratio in RATIOS:
             def build():
                 module = METHODS[spec.split(":")[0]].compress(embedding, parse_spec(spec.format(r=ratio)))
@@ -78,17 +79,26 @@ def linear(out: int, inp: int, bias: bool = True) -> nn.Linear:
     return nn.Linear(inp, out, bias=bias)
 
 
-@pytest.mark.parametrize("method", ["svd", "tt-linear"])
-def test_single_linear_ratios_hold_over_a_grid(method):
+def test_single_svd_linear_ratios_hold_over_a_grid():
     outcomes = {}
     for dim in DIMS:
-        layer = linear(dim, 2 * dim, bias=method == "svd")
+        layer = linear(dim, 2 * dim)
+        dense = sum(p.numel() for p in layer.parameters())
+        fact = METHODS["svd"].factorize(layer, None, None)  # every rank from one SVD, as compress() does
         for ratio in RATIOS:
-            def build():
-                module = METHODS[method].compress(layer, parse_spec(f"{method}:ratio={ratio}"))
-                if method == "tt-linear":  # the ratio of the weight (the bias is kept as is)
-                    return layer.weight.numel() / sum(core.numel() for core in module.cores)
-                return sum(p.numel() for p in layer.parameters()) / sum(p.numel() for p in module.parameters())
+            outcomes[dim, ratio] = within_or_refused(
+                ratio, lambda: dense / sum(p.numel() for p in fact.module(rank_of(fact, parse_spec(f"svd:ratio={ratio}"))).parameters()))
+    assert sum(v == "met" for v in outcomes.values()) >= 0.6 * len(outcomes), outcomes
+
+
+def test_single_tt_linear_ratios_hold_over_a_grid():
+    outcomes = {}
+    for dim in DIMS:
+        layer = linear(dim, 2 * dim, bias=False)
+        for ratio in RATIOS:
+            def build():  # the ratio of the weight (a bias is kept as is)
+                module = METHODS["tt-linear"].compress(layer, parse_spec(f"tt-linear:ratio={ratio}"))
+                return layer.weight.numel() / sum(core.numel() for core in module.cores)
             outcomes[dim, ratio] = within_or_refused(ratio, build)
     assert sum(v == "met" for v in outcomes.values()) >= 0.5 * len(outcomes), outcomes
 
@@ -101,27 +111,34 @@ class Stack(nn.Module):
         self.blocks = nn.ModuleList(nn.ModuleDict({"proj": linear(o, i)}) for o, i in dims)
 
 
+def kept_by(method: str, modules) -> int:
+    """What compressed linears keep: TT cores (tt-linear's ratio is of the weights), else all parameters."""
+    if method == "tt-linear":
+        return sum(core.numel() for m in modules for core in m.cores)
+    return sum(p.numel() for m in modules for p in m.parameters())
+
+
+def dense_of(method: str, modules) -> int:
+    return sum(m.weight.numel() if method == "tt-linear" else sum(p.numel() for p in m.parameters()) for m in modules)
+
+
 @pytest.mark.parametrize("method", ["svd", "tt-linear"])
-@pytest.mark.parametrize("dim", [16, 48, 100])
+@pytest.mark.parametrize("dim", [16, 48])
 def test_a_target_meets_its_ratio_by_mixing_ranks_across_layers(method, dim):
     model = Stack([(dim, dim), (dim, 2 * dim), (2 * dim, dim), (dim, dim)] * 2)
     paths = [f"blocks.{i}.proj" for i in range(len(model.blocks))]
-    dense = sum(model.get_submodule(p).weight.numel() + (0 if method == "tt-linear" else model.get_submodule(p).bias.numel())
-                for p in paths)
+    layers = [model.get_submodule(p) for p in paths]
+    ctx = Context(model, "gpt2")  # one context: each layer factorized once for every ratio
+    met = 0
     for ratio in (1.5, 3, 5, 8):
-        def build():
-            out = METHODS[method].compress_group(paths, parse_spec(f"{method}:ratio={ratio}"), Context(model, "gpt2"))
-            if method == "tt-linear":
-                return dense / sum(core.numel() for m in out.values() for core in m.cores)
-            return dense / sum(p.numel() for m in out.values() for p in m.parameters())
-        within_or_refused(ratio, build)
-    # where one layer alone is refused, the target of eight still meets it
-    single = within_or_refused(5, lambda: sum(p.numel() for p in linear(dim, dim).parameters()) / sum(
-        p.numel() for p in METHODS[method].compress(linear(dim, dim), parse_spec(f"{method}:ratio=5")).parameters()))
-    group = within_or_refused(5, lambda: dense / sum(
-        (sum(c.numel() for c in m.cores) if method == "tt-linear" else sum(p.numel() for p in m.parameters()))
-        for m in METHODS[method].compress_group(paths, parse_spec(f"{method}:ratio=5"), Context(model, "gpt2")).values()))
-    assert group == "met" or single == "refused"
+        spec = parse_spec(f"{method}:ratio={ratio}")
+        target = within_or_refused(ratio, lambda: dense_of(method, layers) / kept_by(
+            method, METHODS[method].compress_group(paths, spec, ctx).values()))
+        alone = within_or_refused(ratio, lambda: dense_of(method, layers[:1]) / kept_by(
+            method, [METHODS[method].compress(layers[0], spec)]))
+        assert target == "met" or alone == "refused"  # the target does at least as well as one layer
+        met += target == "met"
+    assert met >= 3
 
 
 def test_the_issue_case_through_compress(tiny_gpt2):

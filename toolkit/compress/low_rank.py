@@ -14,7 +14,7 @@ import torch
 import torch.nn as nn
 
 from toolkit.compress.context import Context
-from toolkit.compress.ratio import TOLERANCE, bump_within, check_ratio, off_by
+from toolkit.compress.ratio import TOLERANCE, bump_within, check_ratio, off_by, step_over
 from toolkit.compress.registry import Factorized, register
 from toolkit.compress.spec import MethodSpec
 from toolkit.compress.targets import linear_weight
@@ -157,14 +157,20 @@ def group_ranks(facts: dict[str, Factorization], ratio: float) -> dict[str, int]
     error falls most per parameter, while the target's total stays within the ratio."""
     ranks = {p: max(1, min(floor_rank(f, ratio), f.max_rank())) for p, f in facts.items()}
     dense = sum(f.dense_params() for f in facts.values())
-    left = dense / ratio - sum(f.params(ranks[p]) for p, f in facts.items())
-    up = [p for p, f in facts.items() if ranks[p] < f.max_rank()]
-    extra = [float(facts[p].in_features + facts[p].out_features) for p in up]
-    gain = [float(facts[p].error[ranks[p]] - facts[p].error[ranks[p] + 1]) / max(facts[p].energy, 1e-30) for p in up]
-    for path, bumped in zip(up, bump_within(extra, gain, left)):
-        ranks[path] += bumped
-    kept = sum(f.params(ranks[p]) for p, f in facts.items())
-    check_ratio(dense / kept, ratio, f"{len(facts)} linears together", [dense / kept])
+    kept = lambda: sum(f.params(ranks[p]) for p, f in facts.items())  # noqa: E731
+    while True:  # rounds of one rank more, while the budget has room
+        up = [p for p, f in facts.items() if ranks[p] < f.max_rank()]
+        extra = [float(facts[p].in_features + facts[p].out_features) for p in up]
+        gain = [float(facts[p].error[ranks[p]] - facts[p].error[ranks[p] + 1]) / max(facts[p].energy, 1e-30)
+                for p in up]
+        bumped = bump_within(extra, gain, dense / ratio - kept())
+        if not any(bumped):
+            break
+        for path, more in zip(up, bumped):
+            ranks[path] += more
+    if (over := step_over(extra, dense, kept(), ratio)) is not None:
+        ranks[up[over]] += 1
+    check_ratio(dense / kept(), ratio, f"{len(facts)} linears together", [dense / kept()])
     return ranks
 
 

@@ -10,8 +10,6 @@ from __future__ import annotations
 
 from typing import Iterable
 
-import torch
-
 from toolkit.errors import TensoredgeError
 
 TOLERANCE = 0.05  # achieved / asked ratio must lie within 1 +- this
@@ -51,6 +49,10 @@ def bump_within(extra: list[float], gain: list[float], left: float) -> list[bool
     return chosen
 
 
-def discarded_gain(low: torch.Tensor, high: torch.Tensor) -> list[float]:
-    """Per item: how much less the higher setting discards (never negative)."""
-    return (low - high).clamp_min(0).tolist()
+def step_over(extra: list[float], dense: float, kept: float, ratio: float) -> int | None:
+    """When `kept` misses `ratio` by more than TOLERANCE from above (too few parameters), the item
+    whose one step up, though over the budget, lands within it (the smallest such step); else None."""
+    if off_by(dense / kept, ratio) <= TOLERANCE:
+        return None
+    fitting = [i for i, e in enumerate(extra) if off_by(dense / (kept + e), ratio) <= TOLERANCE]
+    return min(fitting, key=lambda i: extra[i]) if fitting else None

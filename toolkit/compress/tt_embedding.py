@@ -70,12 +70,14 @@ def ranks_for_budget(shape: tuple[int, ...], budget: float, what: str = "", dens
     may end with different ranks). `what` and `dense` word the error when even rank 1 is too big."""
     limits = max_ranks(shape)
     ranks = [1] * len(limits)
-    if row_params(shape, ranks) > budget:
-        reach = f" (the most it reaches is {dense / row_params(shape, ranks):.4g}x)" if dense else ""
-        raise TensoredgeError(
-            f"ratio too high for {what or 'cores'} of shape {shape}: rank 1 already needs "
-            f"{row_params(shape, ranks)} values{reach}; lower the ratio or raise order="
-        )
+    least = row_params(shape, ranks)
+    if least > budget:
+        if dense and off_by(dense / least, dense / budget) <= TOLERANCE:
+            return ranks  # rank 1 is a little over the budget, but within the tolerance
+        reach = f", so the nearest it reaches is {dense / least:.4g}x" if dense else ""
+        ask = f" {dense / budget:.4g}x" if dense else ""
+        raise TensoredgeError(f"{what or 'cores'} of TT shape {shape} cannot be compressed{ask}: rank 1 already needs "
+                              f"{least} values{reach}; lower the ratio or raise order=")
     while True:
         grown = [min(r + 1, lim) for r, lim in zip(ranks, limits)]
         if grown == ranks or row_params(shape, grown) > budget:
@@ -288,17 +290,20 @@ def tier_plan(shape: tuple[int, ...], dim: int, count: int, ratio: float, boost:
     tier map, is `ratio` times smaller than dense float32. The high tier gets about `boost` times
     the average budget; at least a fraction `top` of rows are in it."""
     budget = dim / ratio - 0.25  # floats per row, less the tier map's byte
+    lowest = [1] * (len(shape) - 1)
+    if row_params(shape, lowest) >= budget:
+        most = dim / (row_params(shape, lowest) + 0.25)
+        if off_by(most, ratio) <= TOLERANCE:  # rank 1 everywhere is close enough: both tiers at it
+            return lowest, lowest, 1
+        raise TensoredgeError(f"ratio {ratio:g} leaves no room for two tiers in rows of shape {shape}, so the nearest "
+                              f"it reaches is {most:.4g}x: lower the ratio, raise order= or use tiers=1")
     high = ranks_for_budget(shape, boost * budget)
     if row_params(shape, high) <= budget:
         high = ranks_above(shape, ranks_for_budget(shape, budget))
     p_high = row_params(shape, high)
     rest = (budget - min(top, 0.99) * p_high) / (1 - min(top, 0.99))
-    low = ranks_for_budget(shape, max(rest, row_params(shape, [1] * (len(shape) - 1))))
+    low = ranks_for_budget(shape, max(rest, row_params(shape, lowest)))
     p_low = row_params(shape, low)
-    if p_low >= budget:
-        most = dim / (row_params(shape, [1] * (len(shape) - 1)) + 0.25)
-        raise TensoredgeError(f"ratio {ratio:g} leaves no room for two tiers in rows of shape {shape} (two tiers "
-                              f"reach below {most:.4g}x): lower the ratio, raise order= or use tiers=1")
     high_rows = round(count * (budget - p_low) / (p_high - p_low))
     return high, low, min(max(high_rows, 1), count - 1)
 

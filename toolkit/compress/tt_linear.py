@@ -13,7 +13,7 @@ import torch
 import torch.nn as nn
 
 from toolkit.compress.context import Context
-from toolkit.compress.ratio import bump_within, check_ratio
+from toolkit.compress.ratio import bump_within, check_ratio, step_over
 from toolkit.compress.registry import Factorized, register
 from toolkit.compress.spec import MethodSpec
 from toolkit.compress.targets import linear_weight
@@ -114,8 +114,12 @@ class TensorTrainLinear:
             gain.append(float(tt_svd(tensor, modes, low[p]).discarded - tt_svd(tensor, modes, high[p]).discarded))
         dense = sum(lay[0].numel() for lay in layouts.values())
         left = dense / ratio - sum(row_params(layouts[p][5], low[p]) for p in paths)
-        chosen = {p: high[p] if bumped else low[p] for p, bumped in zip(paths, bump_within(extra, gain, left))}
-        kept = sum(row_params(layouts[p][5], chosen[p]) for p in paths)
+        bumped = bump_within(extra, gain, left)
+        kept = sum(row_params(layouts[p][5], high[p] if b else low[p]) for p, b in zip(paths, bumped))
+        over = step_over([float("inf") if b else e for e, b in zip(extra, bumped)], dense, kept, ratio)
+        if over is not None:
+            bumped[over], kept = True, kept + extra[over]
+        chosen = {p: high[p] if b else low[p] for p, b in zip(paths, bumped)}
         check_ratio(dense / kept, ratio, f"{len(paths)} linears together in TT cores", [dense / kept])
         out = {}
         for p, (weight, bias, layout, out_shape, in_shape, modes) in layouts.items():
