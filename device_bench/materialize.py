@@ -35,10 +35,26 @@ def as_float(tensor) -> np.ndarray:
     return gguf.quants.dequantize(tensor.data, tensor.tensor_type).astype(np.float32, copy=False)
 
 
+def factor_names(record: dict) -> list[str]:
+    """The suffixes of the tensors that hold one factorized tensor."""
+    if record["kind"] == "tt":
+        return [f"tt.{k}" for k in range(record["cores"])]
+    if record["kind"] == "tt-tiered":
+        return ["tier_of"] + [f"tier{t}.tt.{k}" for t, cores in enumerate(record["tiers"]) for k in range(cores)]
+    return ["up", "down"]
+
+
 def rebuild(name: str, record: dict, tensors: dict) -> np.ndarray:
     """The dense llama.cpp tensor `name` from its factors."""
     if record["kind"] == "tt":
         return tt_rows([as_float(tensors[f"{name}.tt.{k}"]) for k in range(record["cores"])], record["dim"])
+    if record["kind"] == "tt-tiered":  # a tier's rows, in token order, are the tokens whose tier map says so
+        tier_of = np.rint(as_float(tensors[f"{name}.tier_of"]).reshape(-1)).astype(np.int64)
+        out = np.zeros((len(tier_of), record["dim"]), dtype=np.float32)
+        for t, cores in enumerate(record["tiers"]):
+            out[tier_of == t] = tt_rows([as_float(tensors[f"{name}.tier{t}.tt.{k}"]) for k in range(cores)],
+                                        record["dim"])
+        return out
     if record["kind"] == "low_rank":
         return as_float(tensors[f"{name}.up"]) @ as_float(tensors[f"{name}.down"])
     raise BenchError(f"unknown factor kind {record['kind']!r} for {name}: update tensoredge on the device")
@@ -69,8 +85,7 @@ def materialize(container: str, out: str, weight_type: str | None = None) -> dic
         raise BenchError(f"unknown GGUF type '{weight_type}': choose one of {', '.join(TYPE_NAMES)}")
     qtype, file_type = weight_types()[weight_type]
     tensors = {t.name: t for t in reader.tensors}
-    factor_parts = {f"{name}.{part}" for name in factors for part in
-                    ([f"tt.{k}" for k in range(factors[name].get("cores", 0))] + ["up", "down"])}
+    factor_parts = {f"{name}.{part}" for name, record in factors.items() for part in factor_names(record)}
 
     folder = os.path.dirname(os.path.abspath(out))
     os.makedirs(folder, exist_ok=True)
