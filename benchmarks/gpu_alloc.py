@@ -41,6 +41,7 @@ from toolkit.compress.whole_model import (WholeModelConfig, allocate_whole, appl
                                           split, whole_profile)
 from toolkit.counting import count_parameters
 from toolkit.data import wikitext2_ids
+from toolkit.errors import TensoredgeError
 from toolkit.evaluate import strided_windows
 from toolkit.progress import say
 
@@ -81,9 +82,12 @@ def score_lockstep(dense: torch.nn.Module, candidates: dict[str, torch.nn.Module
             elapsed = time.time() - start
             say(f"scoring: batch {n + 1}/{len(batches)}, {elapsed:.0f} s, about "
                 f"{elapsed / (n + 1) * (len(batches) - n - 1):.0f} s left")
-    return {name: {"perplexity": math.exp(s["nll"] / s["tokens"]), "tokens": s["tokens"],
-                   **({} if name == "dense" else {"kl": s["kl"] / s["tokens"], "top1_agreement": s["agree"] / s["tokens"]})}
-            for name, s in sums.items()}
+    out = {}
+    for name, s in sums.items():
+        out[name] = {"perplexity": math.exp(s["nll"] / s["tokens"]), "tokens": s["tokens"]}
+        if name != "dense":
+            out[name] |= {"kl": s["kl"] / s["tokens"], "top1_agreement": s["agree"] / s["tokens"]}
+    return out
 
 
 def cached(path: Path, make, check=lambda data: data):
@@ -175,7 +179,11 @@ def main() -> int:
             # the same number of parameters taken from the FC layers alone
             fc_removal = parts["total"]["removed"] / fc_dense
             trial = copy.deepcopy(model)
-            ranks = allocate(facts, fc_removal, "sensitivity", profile=layers)
+            try:
+                ranks = allocate(facts, fc_removal, "sensitivity", profile=layers)
+            except TensoredgeError as exc:
+                say(f"no FC-only budget removes as much as whole-{removal:g}: {exc}")
+                continue
             apply_ranks_(trial, facts, ranks)
             row = {"scope": "fc (same parameters as whole)", "allocation": "sensitivity", "remove": fc_removal,
                    **summary(trial, facts, ranks), "predicted_kl": predicted_kl(layers, facts, ranks),

@@ -94,7 +94,8 @@ def layer_options(facts: dict[str, Factorization], how: str, objective: str = "r
     """Per layer: (options, the rank of each option) for a surgical or sensitivity allocation."""
     if how == "sensitivity":
         if profile is None:
-            raise TensoredgeError("sensitivity allocation needs measured sensitivities (compress_budget_ measures them)")
+            raise TensoredgeError("sensitivity allocation needs measured sensitivities "
+                                  "(compress_budget_ measures them)")
         layers = check_profile(profile, facts)["layers"]
         return {path: sensitivity_options(fact, layers[path]) for path, fact in facts.items()}
     return {path: surgical_options(fact, objective) for path, fact in facts.items()}
@@ -113,7 +114,8 @@ def surgical_ranks(facts: dict[str, Factorization], remove: float, objective: st
     try:
         return ranks_within(layer_options(facts, "surgical", objective), total * (1 - remove))
     except TensoredgeError:
-        raise TensoredgeError(f"removing {remove:.0%} of the FC parameters is impossible even at rank 1: remove less") from None
+        raise TensoredgeError(f"removing {remove:.0%} of the FC parameters is impossible even at rank 1: "
+                              "remove less") from None
 
 
 def sensitivity_ranks(facts: dict[str, Factorization], remove: float, profile: dict) -> dict[str, int]:
@@ -123,7 +125,8 @@ def sensitivity_ranks(facts: dict[str, Factorization], remove: float, profile: d
     lowest = sum(float(o.params.min()) for o, _ in options.values())
     if lowest > total * (1 - remove):
         raise TensoredgeError(f"removing {remove:.0%} of the FC parameters needs ranks below the lowest measured "
-                              f"(at most {1 - lowest / total:.1%} can go): remove less, or measure lower kept fractions")
+                              f"(at most {1 - lowest / total:.1%} can go): remove less, or measure lower kept "
+                              "fractions")
     return ranks_within(options, total * (1 - remove))
 
 

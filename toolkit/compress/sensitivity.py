@@ -152,7 +152,8 @@ class Probe:
         hidden = self.inputs[b][start][0]
         for i in range(start, len(self.blocks)):
             _, args, kwargs, positional = self.inputs[b][i]
-            out = self.blocks[i](hidden, *args, **kwargs) if positional else self.blocks[i](hidden_states=hidden, **kwargs)
+            block = self.blocks[i]
+            out = block(hidden, *args, **kwargs) if positional else block(hidden_states=hidden, **kwargs)
             hidden = _first(out)
         return self.norm(hidden)  # the head's input; logits come in chunks (see _kl)
 
@@ -269,7 +270,8 @@ def check_profile(data: dict, facts: dict[str, Factorization]) -> dict:
         raise TensoredgeError(f"not a sensitivity profile ({FORMAT}): measure it again")
     missing = [p for p in facts if p not in data["layers"]]
     if missing:
-        raise TensoredgeError(f"the sensitivity profile lacks {len(missing)} layer(s), e.g. {missing[0]}: measure it again")
+        raise TensoredgeError(f"the sensitivity profile lacks {len(missing)} layer(s), e.g. {missing[0]}: "
+                              "measure it again")
     for path, curve in data["layers"].items():
         if path in facts and any(not 1 <= r <= facts[path].max_rank() for r in curve["ranks"]):
             raise TensoredgeError(f"the sensitivity profile's ranks for {path} exceed its limit: measure it again")

@@ -114,7 +114,8 @@ def fit_ranks(shape: tuple[int, ...], dense: float, ratio: float, what: str, rad
 
 def next_ranks(shape: tuple[int, ...], ranks: list[int]) -> list[int] | None:
     """One bond one rank up, the bond that adds the fewest parameters (None when all are full)."""
-    bumps = [ranks[:k] + [r + 1] + ranks[k + 1 :] for k, (r, limit) in enumerate(zip(ranks, max_ranks(shape))) if r < limit]
+    limits = max_ranks(shape)
+    bumps = [ranks[:k] + [r + 1] + ranks[k + 1 :] for k, r in enumerate(ranks) if r < limits[k]]
     return min(bumps, key=lambda b: row_params(shape, b)) if bumps else None
 
 

@@ -16,6 +16,7 @@ each target gave up and how many weight bytes a decoded token reads before and a
 
 from __future__ import annotations
 
+import copy
 import time
 from dataclasses import asdict, dataclass, field
 
@@ -72,22 +73,24 @@ def with_params(text: str, **extra) -> str:
     return str(MethodSpec(spec.method, {**spec.params, **extra}))
 
 
-def head_module(model: nn.Module, ratio: float) -> nn.Module:
-    """A truncated SVD of the model's (original) head at `ratio`."""
-    return get_method("svd", "linear").compress(model.lm_head, MethodSpec("svd", {"ratio": ratio}))
+def head_module(model: nn.Module, ratio: float, head: nn.Module | None = None) -> nn.Module:
+    """A truncated SVD of the model's (original) head, or of `head`, at `ratio`."""
+    return get_method("svd", "linear").compress(head or model.lm_head, MethodSpec("svd", {"ratio": ratio}))
 
 
 @torch.no_grad()  # not inference mode: the TT-SVD's eigh runs on worker threads, outside it
 def measure_embedding_head(probe: Probe, ctx: Context, config: WholeModelConfig, progress=None) -> list[dict]:
     """Options of the embedding and head: {group, plan, params, kl} each (the dense ones included)."""
     model, path = ctx.model, EMBEDDING[ctx.family]
-    embedding, device = model.get_submodule(path), probe.device
+    device = probe.device
+    embedding = copy.deepcopy(model.get_submodule(path)).cpu()  # options are built on the CPU, as compress_ builds
+    head = copy.deepcopy(model.lm_head).cpu()
     dense = module_params(embedding)
     tied = head_is_tied(model)
     heads = {}
     for ratio in config.head_ratios:
         try:
-            heads[ratio] = head_module(model, ratio).to(device)
+            heads[ratio] = head_module(model, ratio, head).to(device)
         except TensoredgeError:
             pass  # a ratio this head cannot reach
     tables = {}
@@ -110,18 +113,19 @@ def measure_embedding_head(probe: Probe, ctx: Context, config: WholeModelConfig,
         trials = [(spec, table, None, None) for spec, table in tables.items()]
         trials += [(None, None, "lowrank", r) for r in heads]
     eta = Eta(len(trials), "sensitivity: embedding and head option", progress)
-    for spec, table, head, ratio in trials:
+    for spec, table, policy, ratio in trials:
         swap, plan = {}, {}
         if table is not None:
             swap[path] = table
-            plan["embedding"] = spec if not tied else with_params(spec, head=head, **({"head_ratio": ratio} if ratio else {}))
-        if head == "shared":
+            head_params = {"head": policy} | ({"head_ratio": ratio} if ratio else {})
+            plan["embedding"] = with_params(spec, **head_params) if tied else spec
+        if policy == "shared":
             swap["lm_head"] = SharedHead(table, path)
-        elif head == "lowrank":
+        elif policy == "lowrank":
             swap["lm_head"] = heads[ratio]
             if not tied:
                 plan["head"] = f"svd:ratio={ratio:g}"
-        params = module_params(table) + (module_params(heads[ratio]) if head == "lowrank" else 0)
+        params = module_params(table) + (module_params(heads[ratio]) if policy == "lowrank" else 0)
         with swapped(model, swap):
             kl = probe.kl("embedding" if table is not None else "head")
         group = PAIR if tied else ("embedding" if table is not None else "lm_head")
