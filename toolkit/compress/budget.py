@@ -151,9 +151,15 @@ def allocate(facts: dict[str, Factorization], remove: float, how: str, objective
 
 
 def predicted_kl(profile: dict, facts: dict[str, Factorization], ranks: dict[str, int]) -> float:
-    """The summed KL rise the sensitivity profile predicts for `ranks` (each layer measured alone)."""
-    options = layer_options(facts, "sensitivity", profile=profile)
-    return sum(float(o.cost[int(torch.nonzero(r == ranks[p])[0])]) for p, (o, r) in options.items())
+    """The summed KL rise the sensitivity profile predicts for `ranks` (each layer measured alone;
+    a layer cut below its lowest measured rank counts that rank's KL, so the sum is then a lower bound)."""
+    total = 0.0
+    for path, (options, option_ranks) in layer_options(facts, "sensitivity", profile=profile).items():
+        rank = ranks[path]
+        if rank != DENSE:
+            rank = max(rank, int(option_ranks[1]))  # option_ranks: dense, then lowest measured .. max_rank
+        total += float(options.cost[int(torch.nonzero(option_ranks == rank)[0])])
+    return total
 
 
 def apply_ranks_(model: nn.Module, facts: dict[str, Factorization], ranks: dict[str, int]) -> None:
