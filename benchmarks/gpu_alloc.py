@@ -4,7 +4,9 @@
   and sensitivity ranks;
 - stage whole: 20% and 30% of ALL parameters removed, split between the FC layers, the embedding
   and the head by measured sensitivity (`--scope all`), beside FC-only sensitivity budgets that
-  remove the same number of parameters.
+  remove the same number of parameters;
+- stage refine: `--alloc refined` at 10/20/30% of FC (sensitivity, then a second pass measured in
+  the context of the first; each removal costs one more pass of measurements).
 
 Every variant is scored against the dense model in lockstep, windows of 1024 every 512 batched on
 the GPU: perplexity, KL and top-1 agreement on WikiText-2 test, plus the KL on the held-out
@@ -34,7 +36,8 @@ import torch.nn.functional as F
 
 from device_bench.files import write_json
 from toolkit.checkpoint import save_compressed
-from toolkit.compress.budget import allocate, apply_ranks_, factorize_fc, fc_profile, predicted_kl, summary
+from toolkit.compress.budget import (allocate, apply_ranks_, factorize_fc, fc_profile, predicted_kl, refined_ranks,
+                                     summary)
 from toolkit.compress.context import Context
 from toolkit.compress.sensitivity import SensitivityConfig, check_profile, held_out_ids
 from toolkit.compress.whole_model import (WholeModelConfig, allocate_whole, apply_whole_, bytes_read, json_config,
@@ -109,7 +112,8 @@ def main() -> int:
     p.add_argument("--model", required=True, help="the default model's GGUF (or any model load_model takes)")
     p.add_argument("--out", required=True, help="folder for gpu_alloc.json")
     p.add_argument("--keep", default="/tmp/alloc", help="folder for the compressed models and cached profiles")
-    p.add_argument("--stage", choices=["fc", "whole", "all"], default="all")
+    p.add_argument("--stage", choices=["fc", "whole", "refine", "all"], default="all",
+                   help="all: fc and whole (refine is a call of its own)")
     p.add_argument("--device", default="cuda")
     p.add_argument("--method", default="svd-llm")
     p.add_argument("--removals", default="0.1,0.2,0.3", help="fc stage: fractions of the FC parameters")
@@ -157,6 +161,16 @@ def main() -> int:
                 row = {"scope": "fc", "allocation": how, "remove": removal, **summary(trial, facts, ranks),
                        "predicted_kl": predicted_kl(layers, facts, ranks)}
                 variants[f"{args.method}-{how}-{removal:g}"] = (trial, row)
+    if args.stage == "refine":
+        for removal in (float(x) for x in args.removals.split(",")):
+            ranks, passes = refined_ranks(ctx, args.method, facts, removal, config, say)
+            trial = copy.deepcopy(model)
+            apply_ranks_(trial, facts, ranks)
+            row = {"scope": "fc", "allocation": "refined", "remove": removal, **summary(trial, facts, ranks),
+                   "predicted_kl": predicted_kl(layers, facts, ranks), **passes}
+            variants[f"{args.method}-refined-{removal:g}"] = (trial, row)
+            say(f"refined {removal:g}: valid KL {passes['first_pass_kl']:.4f} (first pass) -> "
+                f"{passes['second_pass_kl']:.4f} (second), kept the {passes['kept_pass']}")
     if args.stage in ("whole", "all"):
         t = time.time()
         profile = cached(keep / "cache" / f"whole-{tag}.json",

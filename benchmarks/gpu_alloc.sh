@@ -7,6 +7,7 @@
 #   STAGE=fc benchmarks/gpu_alloc.sh      # then, on the still-warm machine:
 #   STAGE=whole benchmarks/gpu_alloc.sh   # reuses the FC sensitivities cached under /tmp/alloc/cache
 #   STAGE=all benchmarks/gpu_alloc.sh     # both in one call when the GPU is not shared
+#   STAGE=refine benchmarks/gpu_alloc.sh  # --alloc refined at 10/20/30% (a second measured pass each)
 #
 # Writes $OUT/gpu_alloc-$STAGE.json and $OUT/gpu_alloc-$STAGE.log; compressed models stay under
 # /tmp/alloc/<name> for the healing step (benchmarks/run_gpu_heal.sh PLANS are then just folders).

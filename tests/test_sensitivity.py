@@ -164,6 +164,21 @@ def test_sensitivity_budget_on_a_tiny_model_has_exact_accounting(measured, remov
         assert torch.isfinite(model(torch.tensor([[1, 2, 3]])).logits).all()
 
 
+@pytest.mark.parametrize("measured", ["tiny_llama"], indirect=True)
+def test_refined_ranks_meet_the_budget_and_keep_the_pass_measured_better(measured):
+    loaded, ctx, facts = measured
+    model = copy.deepcopy(loaded.model)
+    out = compress_budget_(model, loaded.family, "svd-llm", 0.3, "refined", sensitivity=SMALL,
+                           ctx=Context(model, loaded.family, loaded.tokenizer, calibration_tokens=CALIBRATION,
+                                       cache=ctx.cache))
+    assert 0.3 <= out["removed_of_fc"] <= 0.31
+    kept = out["second_pass_kl"] if out["kept_pass"] == "second" else out["first_pass_kl"]
+    assert kept == min(out["first_pass_kl"], out["second_pass_kl"])
+    # what the probe measured for the kept ranks is the KL of the model that was saved
+    ids = held_out_ids(loaded.tokenizer, CALIBRATION, SMALL.tokens)
+    assert kept == pytest.approx(direct_kl(loaded.model, model, ids, SMALL.sequence), rel=1e-4)
+
+
 @pytest.mark.parametrize("remove", [0.2, 0.35])
 def test_whole_model_budget_split_sums_to_the_target(measured, remove):
     loaded, ctx, _ = measured

@@ -79,9 +79,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="instead of --remove: largest removal whose WikiText-2 valid perplexity rises at most "
                         "this much, e.g. 0.4 for +40%%")
     p.add_argument("--device", default="cpu", help="where the calibration pass runs, e.g. cuda (default: %(default)s)")
-    p.add_argument("--alloc", choices=["surgical", "uniform", "sensitivity"], default="surgical",
-                   help="per-layer ranks by each layer's output error, the same ratio everywhere, or by the "
-                        "measured rise in KL when each layer alone is truncated (default: %(default)s)")
+    p.add_argument("--alloc", choices=["surgical", "uniform", "sensitivity", "refined"], default="surgical",
+                   help="per-layer ranks by each layer's output error, the same ratio everywhere, by the "
+                        "measured rise in KL when each layer alone is truncated, or that refined by a second "
+                        "pass measured in its context (default: %(default)s)")
     p.add_argument("--scope", choices=["fc", "all"], default="fc",
                    help="all: --remove counts every parameter, and the budget is split between the FC layers, "
                         "the embedding and the head by measured sensitivity (needs --alloc sensitivity)")
@@ -106,7 +107,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--methods", default="svd-llm,feature,asvd,svd,tt-linear,trawl",
                    help="fc: methods to sweep (default: %(default)s)")
     p.add_argument("--allocs", default="surgical,uniform",
-                   help="fc: allocations of the low-rank methods: surgical, uniform, sensitivity (default: %(default)s)")
+                   help="fc: allocations of the low-rank methods: surgical, uniform, sensitivity, refined "
+                        "(default: %(default)s)")
     add_sensitivity(p)
     p.add_argument("--objective", choices=["relative", "absolute"], default="relative",
                    help="fc: surgical allocation minimises the sum of per-layer output errors relative to each "

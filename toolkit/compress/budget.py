@@ -31,11 +31,13 @@ from toolkit.compress.choose import Options, choose
 from toolkit.compress.context import Context
 from toolkit.compress.low_rank import Factorization
 from toolkit.compress.registry import get_method
-from toolkit.compress.sensitivity import Probe, SensitivityConfig, check_profile, held_out_ids, measure_layers, profile
+from toolkit.compress.sensitivity import (Eta, Probe, SensitivityConfig, check_profile, held_out_ids, measure_layers,
+                                          profile, swapped)
 from toolkit.compress.targets import find_targets
 from toolkit.errors import TensoredgeError
 
-ALLOCATIONS = ("uniform", "surgical", "sensitivity")
+ALLOCATIONS = ("uniform", "surgical", "sensitivity", "refined")
+MEASURED = ("sensitivity", "refined")  # allocations that measure the model (toolkit.compress.sensitivity)
 DENSE = 0  # rank 0 in an allocation: the layer stays dense
 
 
@@ -74,19 +76,22 @@ def surgical_options(fact: Factorization, objective: str) -> tuple[Options, torc
 
 
 def sensitivity_options(fact: Factorization, curve: dict) -> tuple[Options, torch.Tensor]:
-    """Dense (no KL rise) and every rank from the lowest measured one up to max_rank, its KL rise
-    interpolated linearly between the measured ranks (made monotone: a lower rank never costs less;
-    above the highest measured rank, that rank's cost)."""
+    """Dense (no KL rise, or the measured `dense` of a second pass) and every rank from the lowest
+    measured one up to max_rank, its KL rise interpolated linearly between the measured ranks (made
+    monotone: a lower rank never costs less, nor less than dense; above the highest measured rank,
+    that rank's cost)."""
     dense = torch.zeros(1, dtype=torch.long)
+    floor = float(curve.get("dense", 0.0))  # the cost of dense: 0, or a measured change (second pass)
     if not curve["ranks"]:
-        return Options(rank_params(fact, dense), torch.zeros(1)), dense
+        return Options(rank_params(fact, dense), torch.full((1,), floor)), dense
     measured = sorted(zip(curve["ranks"], curve["kl"]))  # lowest rank first
     ranks = [r for r, _ in measured]
-    cost = list(numpy.maximum.accumulate([max(kl, 0.0) for _, kl in measured][::-1])[::-1])
+    cost = list(numpy.maximum.accumulate([max(kl, floor) for _, kl in measured][::-1])[::-1])
     every = numpy.arange(ranks[0], fact.max_rank() + 1)
     interpolated = torch.from_numpy(numpy.interp(every, ranks, cost))
     options = torch.cat([dense, torch.from_numpy(every)])
-    return Options(rank_params(fact, options), torch.cat([torch.zeros(1, dtype=torch.float64), interpolated])), options
+    cost = torch.cat([torch.full((1,), floor, dtype=torch.float64), interpolated])
+    return Options(rank_params(fact, options), cost), options
 
 
 def layer_options(facts: dict[str, Factorization], how: str, objective: str = "relative",
@@ -147,6 +152,9 @@ def allocate(facts: dict[str, Factorization], remove: float, how: str, objective
         return uniform_ranks(facts, remove)
     if how == "sensitivity":
         return sensitivity_ranks(facts, remove, profile)
+    if how == "refined":
+        raise TensoredgeError("refined ranks measure the model again for each removal: use compress_budget_ "
+                              "(or refined_ranks), not allocate")
     return surgical_ranks(facts, remove, objective)
 
 
@@ -211,6 +219,62 @@ def fc_profile(ctx: Context, method: str, facts: dict[str, Factorization], confi
     return ctx.cache[key]
 
 
+def refined_ranks(ctx: Context, method: str, facts: dict[str, Factorization], remove: float,
+                  config: SensitivityConfig | None = None, progress=None) -> tuple[dict[str, int], dict]:
+    """`sensitivity` ranks, then a second pass in their context: with every layer at its first-pass
+    rank, each layer is measured again at the ladder's ranks and dense (the rise or fall of KL
+    from that point), and the ranks are chosen again from those curves. The second choice is kept
+    only if the whole model's measured KL is lower. Returns (ranks, what both passes measured)."""
+    config = config or SensitivityConfig()
+    profile = fc_profile(ctx, method, facts, config, progress)
+    first = sensitivity_ranks(facts, remove, profile)
+    budget = sum(f.dense_params() for f in facts.values()) * (1 - remove)
+    ids = held_out_ids(ctx.tokenizer, ctx.calibration_tokens, config.tokens)
+    model = ctx.model
+    start = time.time()
+    with Probe(model, ctx.family, ids, config, ctx.device) as probe:
+        dense = {path: model.get_submodule(path) for path in facts}
+        def modules(ranks: dict[str, int]) -> dict[str, nn.Module]:
+            return {p: facts[p].module(r).to(probe.device) for p, r in ranks.items() if r != DENSE}
+
+        with swapped(model, modules(first)):
+            probe.rebase()
+            base = probe.kl(0)
+            curves = measure_in_context(probe, facts, profile, first, dense, base, progress)
+        second = ranks_within({p: sensitivity_options(f, curves[p]) for p, f in facts.items()}, budget)
+        with swapped(model, modules(second)):
+            measured = probe.kl(0)  # block 0's input is the embedding's output: no FC change touches it
+    kept = "second" if measured < base else "first"
+    return (second if kept == "second" else first), {
+        "first_pass_kl": base, "second_pass_kl": measured, "kept_pass": kept, "refine_seconds": time.time() - start}
+
+
+def measure_in_context(probe: Probe, facts: dict[str, Factorization], profile: dict, ranks: dict[str, int],
+                       dense: dict, base: float, progress=None) -> dict[str, dict]:
+    """Per layer, with the others at `ranks` (already in the probe's model): the change of KL when it
+    alone moves to each measured rank of `profile`, and to dense."""
+    plan = {p: sorted(set(profile["layers"][p]["ranks"]) - {ranks[p]}) for p in facts}
+    count = sum(len(r) + (ranks[p] != DENSE) for p, r in plan.items())
+    eta = Eta(count, "sensitivity, second pass: measurement", progress)
+    curves = {}
+    for path, fact in facts.items():
+        start = probe.block_of(path)
+        curve = {"ranks": [], "kl": [], "dense": 0.0}
+        if ranks[path] != DENSE:
+            curve["ranks"].append(ranks[path])
+            curve["kl"].append(0.0)
+            with swapped(probe.model, {path: dense[path]}):
+                curve["dense"] = probe.kl(start) - base
+            eta.step(f" (block {start})")
+        for rank in plan[path]:
+            with swapped(probe.model, {path: fact.module(rank).to(probe.device)}):
+                curve["ranks"].append(rank)
+                curve["kl"].append(probe.kl(start) - base)
+            eta.step(f" (block {start})")
+        curves[path] = curve
+    return curves
+
+
 def compress_budget_(model: nn.Module, family: str, method: str, remove: float, how: str = "surgical",
                      targets: tuple[str, ...] = ("mlp", "attention"), tokenizer=None, progress=None,
                      ctx: Context | None = None, device: str = "cpu",
@@ -219,10 +283,14 @@ def compress_budget_(model: nn.Module, family: str, method: str, remove: float, 
     check_allocation(remove, how)
     ctx = ctx or Context(model, family, tokenizer, device=device)
     facts = factorize_fc(ctx, method, targets, progress)
-    measured = fc_profile(ctx, method, facts, sensitivity, progress) if how == "sensitivity" else None
-    ranks = allocate(facts, remove, how, profile=measured)
+    measured = fc_profile(ctx, method, facts, sensitivity, progress) if how in MEASURED else None
+    passes = {}
+    if how == "refined":
+        ranks, passes = refined_ranks(ctx, method, facts, remove, sensitivity, progress)
+    else:
+        ranks = allocate(facts, remove, how, profile=measured)
     apply_ranks_(model, facts, ranks)
-    out = {"method": method, "allocation": how, "remove": remove, **summary(model, facts, ranks)}
+    out = {"method": method, "allocation": how, "remove": remove, **summary(model, facts, ranks), **passes}
     if measured is not None:
         out |= {"predicted_kl": predicted_kl(measured, facts, ranks), "sensitivity_seconds": measured["seconds"]}
     return out
@@ -247,6 +315,9 @@ def compress_to_perplexity_(model: nn.Module, family: str, method: str, max_incr
     if max_increase <= 0:
         raise TensoredgeError(f"allowed perplexity increase {max_increase:g} must be positive, e.g. 0.4 for +40%")
     check_allocation(0.5, how)
+    if how == "refined":
+        raise TensoredgeError("--max-ppl-increase searches many removals: use --alloc sensitivity, surgical or "
+                              "uniform there (refined measures the model again for each)")
     from toolkit.compress.context import valid_ids
 
     ctx = Context(model, family, tokenizer, device=device)

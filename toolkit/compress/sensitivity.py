@@ -106,8 +106,15 @@ class Probe:
         self.inputs, self.head_inputs, self.reference = [], [], []
         self.model.to(self.home)
 
+    def rebase(self) -> None:
+        """Capture the block and head inputs again from the model as it is now (other layers
+        already compressed, say), keeping the dense reference: a KL from block i then measures a
+        change in that context."""
+        self.inputs, self.head_inputs = [], []
+        self._capture(reference=False)
+
     @torch.inference_mode()
-    def _capture(self) -> None:
+    def _capture(self, reference: bool = True) -> None:
         current: list[tuple] = []
 
         def block_hook(_module, args, kwargs):
@@ -127,7 +134,8 @@ class Probe:
                 current = []
                 logits = self.model(input_ids=batch.to(self.device), use_cache=False).logits
                 self.inputs.append(current)
-                self.reference.append(F.log_softmax(logits.float(), dim=-1).reshape(-1, logits.shape[-1]))
+                if reference:
+                    self.reference.append(F.log_softmax(logits.float(), dim=-1).reshape(-1, logits.shape[-1]))
                 del logits
         finally:
             for handle in handles:

@@ -63,7 +63,7 @@ def variants(removals: tuple[float, ...], methods: tuple[str, ...],
     at those removals only (to spend the time where the answer is open)."""
     from toolkit.errors import TensoredgeError
 
-    known = ("surgical", "uniform", "sensitivity")
+    known = ("surgical", "uniform", "sensitivity", "refined")
     if not allocations or any(a not in known for a in allocations):
         raise TensoredgeError(f"allocations {','.join(allocations)} for sweep fc: choose from {', '.join(known)}")
     out = []
@@ -90,7 +90,8 @@ def run_fc_sweep(model_ref: str, out_dir: Path, removals: tuple[float, ...] = (0
     A `sensitivity` allocation measures each method's layers once (see toolkit.compress.sensitivity)."""
     from toolkit.checkpoint import open_model
     from toolkit.compress import compress_
-    from toolkit.compress.budget import allocate, apply_ranks_, factorize_fc, fc_paths, fc_profile, predicted_kl, summary
+    from toolkit.compress.budget import (MEASURED, allocate, apply_ranks_, factorize_fc, fc_paths, fc_profile,
+                                         predicted_kl, refined_ranks, summary)
     from toolkit.compress.context import Context
     from toolkit.counting import count_parameters
     from toolkit.data import wikitext2_ids
@@ -128,8 +129,12 @@ def run_fc_sweep(model_ref: str, out_dir: Path, removals: tuple[float, ...] = (0
             trial = copy.deepcopy(model)
             if method in LOW_RANK:
                 facts = factorize_fc(ctx, method, ("mlp", "attention"), progress)
-                measured = fc_profile(ctx, method, facts, sensitivity, progress) if how == "sensitivity" else None
-                ranks = allocate(facts, removal, how, objective, profile=measured)
+                measured = fc_profile(ctx, method, facts, sensitivity, progress) if how in MEASURED else None
+                if how == "refined":
+                    ranks, passes = refined_ranks(ctx, method, facts, removal, sensitivity, progress)
+                    row |= passes
+                else:
+                    ranks = allocate(facts, removal, how, objective, profile=measured)
                 apply_ranks_(trial, facts, ranks)
                 row |= summary(trial, facts, ranks)
                 if measured is not None:
@@ -194,7 +199,7 @@ def render(result: dict, out_dir: Path) -> Path:
         if "perplexity" in row:
             series.setdefault(label(row), []).append(row)
     for name, points in series.items():
-        style = "-" if "surgical" in name else ":" if "sensitivity" in name else "--"
+        style = "-" if "surgical" in name else ":" if "sensitivity" in name or "refined" in name else "--"
         x = [100 * p["removed_of_fc"] for p in points]
         axes[0].plot(x, [100 * (p["perplexity"] / dense - 1) for p in points], style, marker="o", label=name)
         axes[1].plot(x, [p["kl"] for p in points], style, marker="o", label=name)
