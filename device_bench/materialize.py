@@ -54,10 +54,31 @@ def as_float(tensor) -> np.ndarray:
     return gguf.quants.dequantize(tensor.data, tensor.tensor_type).astype(np.float32, copy=False)
 
 
+def factor_names(record: dict) -> list[str]:
+    """The suffixes of the tensors that hold one factorized tensor."""
+    if record["kind"] == "tt":
+        return [f"tt.{k}" for k in range(record["cores"])]
+    if record["kind"] == "tt-tiered":
+        return ["tier_of"] + [f"tier{t}.tt.{k}" for t, cores in enumerate(record["tiers"]) for k in range(cores)]
+    return ["up", "down"]
+
+
 def rebuild(name: str, record: dict, tensors: dict) -> np.ndarray:
     """The dense llama.cpp tensor `name` from its factors (checked by `check_factors` first)."""
     if record["kind"] == "tt":
         return tt_rows([as_float(tensors[f"{name}.tt.{k}"]) for k in range(record["cores"])], record["dim"])
+    if record["kind"] == "tt-tiered":  # a tier's rows, in token order, are the tokens whose tier map says so
+        tier_of = np.rint(as_float(tensors[f"{name}.tier_of"]).reshape(-1)).astype(np.int64)
+        if np.any((tier_of < 0) | (tier_of >= len(record["tiers"]))):
+            raise BenchError(f"{name}.tier_of names a tier the container lacks: the container is corrupt")
+        out = np.zeros((len(tier_of), record["dim"]), dtype=np.float32)
+        for t, cores in enumerate(record["tiers"]):
+            rows = tt_rows([as_float(tensors[f"{name}.tier{t}.tt.{k}"]) for k in range(cores)], record["dim"])
+            if rows.shape[0] != int((tier_of == t).sum()):
+                raise BenchError(f"{name}.tier_of gives tier {t} {(tier_of == t).sum()} tokens but its cores hold "
+                                 f"{rows.shape[0]} rows: the container is corrupt")
+            out[tier_of == t] = rows
+        return out
     if record["kind"] == "low_rank":
         return ordered_matmul(as_float(tensors[f"{name}.up"]), as_float(tensors[f"{name}.down"]))
     raise BenchError(f"unknown factor kind {record['kind']!r} for {name}: update tensoredge on the device")
@@ -85,22 +106,37 @@ def check_factors(factors: object, tensors: dict, hparams: dict, container: str)
             raise bad(f"{part} has {len(found)} dimensions, not {dims}")
         return found
 
+    def check_chain(prefix: str, cores: object, dim: object, rows: int | None) -> int:
+        """The TT cores `prefix`.tt.k chain (ranks meet, last rank 1) over `rows` rows (any when None);
+        returns the row count."""
+        if not (isinstance(cores, int) and 1 <= cores <= 16 and isinstance(dim, int) and dim == embd):
+            raise bad(f"the record for {prefix} claims {cores!r} cores of width {dim!r} "
+                      f"(1-16 cores of the model's width {embd})")
+        shapes = [shape(f"{prefix}.tt.{k}", 4) for k in range(cores)]
+        rows = shapes[0][0] if rows is None else rows
+        width, left = 1, 1
+        for k, (n_rows, r_in, n, r_out) in enumerate(shapes):
+            if n_rows != rows or r_in != left or (k == cores - 1 and r_out != 1):
+                raise bad(f"{prefix}.tt.{k} has shape {list(shapes[k])}, which does not chain")
+            width, left = width * n, r_out
+        if width < dim:
+            raise bad(f"the cores of {prefix} give rows of {width} values, fewer than {dim}")
+        return rows
+
     for name, record in factors.items():
-        if not isinstance(record, dict) or record.get("kind") not in ("tt", "low_rank"):
-            raise bad(f"the record for {name} has no known kind (tt or low_rank)")
+        if not isinstance(record, dict) or record.get("kind") not in ("tt", "tt-tiered", "low_rank"):
+            raise bad(f"the record for {name} has no known kind (tt, tt-tiered or low_rank)")
         if record["kind"] == "tt":
-            cores, dim = record.get("cores"), record.get("dim")
-            if not (isinstance(cores, int) and 1 <= cores <= 16 and isinstance(dim, int) and dim == embd):
-                raise bad(f"the record for {name} claims {cores!r} cores of width {dim!r} "
-                          f"(1-16 cores of the model's width {embd})")
-            shapes = [shape(f"{name}.tt.{k}", 4) for k in range(cores)]
-            width, left = 1, 1
-            for k, (rows, r_in, n, r_out) in enumerate(shapes):
-                if rows != vocab or r_in != left or (k == cores - 1 and r_out != 1):
-                    raise bad(f"{name}.tt.{k} has shape {list(shapes[k])}, which does not chain")
-                width, left = width * n, r_out
-            if width < dim:
-                raise bad(f"the cores of {name} give rows of {width} values, fewer than {dim}")
+            check_chain(name, record.get("cores"), record.get("dim"), vocab)
+        elif record["kind"] == "tt-tiered":
+            tiers = record.get("tiers")
+            if not (isinstance(tiers, list) and 1 <= len(tiers) <= 8):
+                raise bad(f"the record for {name} lists {tiers!r} tiers (1-8 lists of core counts)")
+            if shape(f"{name}.tier_of", 1) != (vocab,):
+                raise bad(f"{name}.tier_of does not hold one tier per token ({vocab})")
+            rows = sum(check_chain(f"{name}.tier{t}", cores, record.get("dim"), None) for t, cores in enumerate(tiers))
+            if rows != vocab:
+                raise bad(f"the tiers of {name} hold {rows} rows, not one per token ({vocab})")
         else:
             (out, rank), (rank_down, cols) = shape(f"{name}.up", 2), shape(f"{name}.down", 2)
             if rank != rank_down or out * cols > largest:
@@ -149,8 +185,7 @@ def materialize(container: str, out: str, weight_type: str | None = None, force:
     tokens = header.kvs.get("tokenizer.ggml.tokens")
     hparams["vocab_size"] = header.kvs.get(f"{target}.vocab_size") or (tokens[2] if tokens else None)
     check_factors(factors, tensors, hparams, container)
-    factor_parts = {f"{name}.{part}" for name in factors for part in
-                    ([f"tt.{k}" for k in range(factors[name].get("cores", 0))] + ["up", "down"])}
+    factor_parts = {f"{name}.{part}" for name, record in factors.items() for part in factor_names(record)}
 
     with atomic_path(out, kind="gguf") as tmp:
         writer = gguf.GGUFWriter(str(tmp), target)

@@ -8,7 +8,8 @@ llama.cpp GGUF on the device. Layout:
   llama.cpp hyper-parameters and tokenizer, `tensoredge.factors` (JSON: llama.cpp tensor name ->
   how to rebuild it).
 - Tensors: every non-factorized tensor already in llama.cpp's name, layout and weight type;
-  factors as `<name>.tt.<k>` (per-token TT cores) or `<name>.down` / `<name>.up` (low rank), in the
+  factors as `<name>.tt.<k>` (per-token TT cores), `<name>.tier_of` and `<name>.tier<t>.tt.<k>` (TT rows in
+  tiers of their own ranks) or `<name>.down` / `<name>.up` (low rank), in the
   container's type where their rows fit its blocks, else f16 (f32 in an f32 container).
 """
 
@@ -25,7 +26,7 @@ from device_bench.gguf_weights import quantized, weight_types
 from models.base import LoadedModel
 from toolkit.compress import factorized_modules
 from toolkit.compress.low_rank import LowRankLinear
-from toolkit.compress.tt_embedding import TTEmbedding
+from toolkit.compress.tt_embedding import TieredTTEmbedding, TTEmbedding
 from toolkit.errors import TensoredgeError
 from toolkit.files import atomic_path
 
@@ -38,6 +39,11 @@ def factor_arrays(path: str, module, loaded: LoadedModel) -> tuple[dict, dict]:
     if isinstance(module, TTEmbedding):
         cores = {f"tt.{k}": core.detach().numpy() for k, core in enumerate(module.cores)}
         return cores, {"kind": "tt", "cores": len(cores), "dim": module.dim}
+    if isinstance(module, TieredTTEmbedding):  # the tier map as floats (0, 1: exact in f16)
+        arrays = {"tier_of": module.tier_of.detach().numpy().astype("float32")}
+        for t, cores in enumerate(module.tiers):
+            arrays |= {f"tier{t}.tt.{k}": core.detach().numpy() for k, core in enumerate(cores)}
+        return arrays, {"kind": "tt-tiered", "tiers": [len(cores) for cores in module.tiers], "dim": module.dim}
     if isinstance(module, LowRankLinear):
         up = module.up.weight.detach().numpy()  # (out, rank): llama.cpp's weight is up @ down
         if loaded.family == "llama" and path.endswith("self_attn.q_proj"):

@@ -31,7 +31,7 @@ def test_save_and_reload_gives_identical_logits(tiny, plan, tmp_path):
     manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
     assert manifest["plan"] == plan
     methods = {record["method"] for record in manifest["modules"].values()}
-    assert methods <= {"tt", "svd", "shared-head"} and methods
+    assert methods <= {"tt", "tt-tiered", "svd", "shared-head"} and methods  # tt-tiered: a ratio mixing two rank settings
     assert not list(tmp_path.glob(".out.*"))  # no temporary folder left behind
 
 

@@ -49,6 +49,12 @@ def add_eval_window(p: argparse.ArgumentParser, max_tokens: int | None) -> None:
     p.add_argument("--stride", type=int, help="tokens between window starts (default: half the context)")
 
 
+def add_sensitivity(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--sensitivity-tokens", type=int, default=4096,
+                   help="sensitivity allocation: held-out WikiText-2 valid tokens the KL is measured on "
+                        "(default: %(default)s)")
+
+
 def plan_of(args: argparse.Namespace) -> dict[str, str]:
     return {target: spec for target in ("embedding", "mlp", "attention") if (spec := getattr(args, target, None))}
 
@@ -83,13 +89,20 @@ def build_parser() -> argparse.ArgumentParser:
     add_plan(p)
     p.add_argument("--fc", metavar="METHOD", help="budgeted MLP + attention compression with svd, asvd, svd-llm "
                                                  "or feature; give --remove or --max-ppl-increase")
-    p.add_argument("--remove", type=float, help="fraction of the MLP + attention parameters to remove, e.g. 0.2")
+    p.add_argument("--remove", type=float, help="fraction of the MLP + attention parameters (with --scope all: of "
+                                                "all parameters) to remove, e.g. 0.2")
     p.add_argument("--max-ppl-increase", type=float,
                    help="instead of --remove: largest removal whose WikiText-2 valid perplexity rises at most "
                         "this much, e.g. 0.4 for +40%%")
     p.add_argument("--device", default="cpu", help="where the calibration pass runs, e.g. cuda (default: %(default)s)")
-    p.add_argument("--alloc", choices=["surgical", "uniform"], default="surgical",
-                   help="per-layer ranks by measured sensitivity, or the same ratio everywhere (default: %(default)s)")
+    p.add_argument("--alloc", choices=["surgical", "uniform", "sensitivity", "refined"], default="surgical",
+                   help="per-layer ranks by each layer's output error, the same ratio everywhere, by the "
+                        "measured rise in KL when each layer alone is truncated, or that refined by a second "
+                        "pass measured in its context (default: %(default)s)")
+    p.add_argument("--scope", choices=["fc", "all"], default="fc",
+                   help="all: --remove counts every parameter, and the budget is split between the FC layers, "
+                        "the embedding and the head by measured sensitivity (needs --alloc sensitivity)")
+    add_sensitivity(p)
     p.add_argument("--out", required=True, help="output folder")
     add_force(p)
     add_json(p)
@@ -110,6 +123,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--removals", default="0.1,0.2,0.3", help="fc: fractions of FC parameters to remove (default: %(default)s)")
     p.add_argument("--methods", default="svd-llm,feature,asvd,svd,tt-linear,trawl",
                    help="fc: methods to sweep (default: %(default)s)")
+    p.add_argument("--allocs", default="surgical,uniform",
+                   help="fc: allocations of the low-rank methods: surgical, uniform, sensitivity, refined "
+                        "(default: %(default)s)")
+    add_sensitivity(p)
     p.add_argument("--objective", choices=["relative", "absolute"], default="relative",
                    help="fc: surgical allocation minimises the sum of per-layer output errors relative to each "
                         "layer's output energy, or as is (default: %(default)s)")

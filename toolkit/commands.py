@@ -154,6 +154,8 @@ def compress(args: argparse.Namespace) -> dict:
                               "or --fc METHOD with --remove or --max-ppl-increase")
     if budget and ({"mlp", "attention"} & set(plan)):
         raise TensoredgeError("--fc already compresses the MLP and attention layers: drop --mlp/--attention")
+    if args.scope == "all" and "embedding" in plan:
+        raise TensoredgeError("--scope all chooses the embedding and head itself: drop --embedding")
     check_device(args.device)
     loaded = open_model(args.model)
     before = count_parameters(loaded.model)
@@ -163,9 +165,11 @@ def compress(args: argparse.Namespace) -> dict:
     allocation = None
     if budget:
         allocation = run_fc_budget(loaded, args)
-        plan = plan | {"fc": budget}
+        plan = plan | {"fc": budget} | allocation.get("plan", {})
         say(f"fc: {allocation['removed_of_fc']:.1%} of the MLP + attention parameters removed "
             f"({allocation['layers_dense']} of {allocation['layers']} layers left dense)")
+        if "split" in allocation:
+            print(split_table(allocation))
     seconds = time.time() - start
     after = count_parameters(loaded.model)
     save_compressed(loaded, plan, args.out)
@@ -185,18 +189,37 @@ def fc_budget(args: argparse.Namespace) -> str | None:
         return None
     if (args.remove is None) == (args.max_ppl_increase is None):
         raise TensoredgeError("--fc needs exactly one of --remove FRACTION or --max-ppl-increase FRACTION")
+    if args.scope == "all" and (args.alloc != "sensitivity" or args.remove is None):
+        raise TensoredgeError("--scope all needs --alloc sensitivity and --remove FRACTION")
     goal = f"remove={args.remove:g}" if args.remove is not None else f"max_ppl_increase={args.max_ppl_increase:g}"
-    return f"{args.fc}:{goal},alloc={args.alloc}"
+    return f"{args.fc}:{goal},alloc={args.alloc}" + (",scope=all" if args.scope == "all" else "")
 
 
 def run_fc_budget(loaded, args: argparse.Namespace) -> dict:
     from toolkit.compress.budget import compress_budget_, compress_to_perplexity_
+    from toolkit.compress.sensitivity import SensitivityConfig
 
+    sensitivity = SensitivityConfig(tokens=args.sensitivity_tokens)
+    if args.scope == "all":
+        from toolkit.compress.whole_model import WholeModelConfig, compress_whole_
+
+        return compress_whole_(loaded.model, loaded.family, args.fc, args.remove, tokenizer=loaded.tokenizer,
+                               progress=say, device=args.device, config=WholeModelConfig(sensitivity=sensitivity))
     if args.remove is not None:
         return compress_budget_(loaded.model, loaded.family, args.fc, args.remove, args.alloc,
-                                tokenizer=loaded.tokenizer, progress=say, device=args.device)
+                                tokenizer=loaded.tokenizer, progress=say, device=args.device, sensitivity=sensitivity)
     return compress_to_perplexity_(loaded.model, loaded.family, args.fc, args.max_ppl_increase, args.alloc,
-                                   tokenizer=loaded.tokenizer, progress=say, device=args.device)
+                                   tokenizer=loaded.tokenizer, progress=say, device=args.device,
+                                   sensitivity=sensitivity)
+
+
+def split_table(allocation: dict) -> str:
+    """Parameters removed per component, and weight bytes a decoded token reads before and after."""
+    rows = [[c, f"{r['before']:,}", f"{r['after']:,}", f"{r['removed']:,}"] for c, r in allocation["split"].items()
+            if r["before"] or r["after"]]
+    read = allocation["bytes_read_per_token"]
+    rows += [[f"read per token: {k}", mib(read["before"][k]), mib(read["after"][k]), ""] for k in ("head", "total")]
+    return text_table(["target", "before", "after", "removed"], rows)
 
 
 def sweep(args: argparse.Namespace) -> dict:
@@ -206,6 +229,7 @@ def sweep(args: argparse.Namespace) -> dict:
 def sweep_fc(args: argparse.Namespace) -> dict:
     import json
 
+    from toolkit.compress.sensitivity import SensitivityConfig
     from toolkit.errors import TensoredgeError
     from toolkit.sweep.fc import render, run_fc_sweep
 
@@ -221,7 +245,9 @@ def sweep_fc(args: argparse.Namespace) -> dict:
         except ValueError:
             raise TensoredgeError(f"--removals '{args.removals}' must be fractions, e.g. 0.1,0.2,0.3") from None
         result = run_fc_sweep(args.model, out, removals, tuple(args.methods.split(",")), args.max_tokens,
-                              args.calibration_tokens, args.objective, progress=say)
+                              args.calibration_tokens, args.objective, progress=say,
+                              allocations=tuple(args.allocs.split(",")),
+                              sensitivity=SensitivityConfig(tokens=args.sensitivity_tokens))
     print(f"wrote {render(result, out)}")
     return result
 

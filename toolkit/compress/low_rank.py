@@ -14,6 +14,7 @@ import torch
 import torch.nn as nn
 
 from toolkit.compress.context import Context
+from toolkit.compress.ratio import TOLERANCE, bump_within, check_ratio, off_by, step_over
 from toolkit.compress.registry import Factorized, register
 from toolkit.compress.spec import MethodSpec
 from toolkit.compress.targets import linear_weight
@@ -129,13 +130,48 @@ def check_size(spec: MethodSpec) -> tuple[float | None, float | None]:
     return ratio, rank
 
 
+def floor_rank(fact: Factorization, ratio: float) -> int:
+    """The largest rank whose layer is at least `ratio` times smaller than the dense one."""
+    bias = fact.out_features if fact.has_bias else 0
+    return int((fact.dense_params() / ratio - bias) // (fact.in_features + fact.out_features))
+
+
 def rank_of(fact: Factorization, spec: MethodSpec) -> int:
-    """The rank `spec` asks for: rank=R, or ratio=R (factors hold at most 1/R of the dense layer)."""
+    """The rank `spec` asks for: rank=R, or ratio=R (the largest rank at most 1/R of the dense
+    layer, else the next one up if that is within TOLERANCE; refused when neither is)."""
     ratio, rank = check_size(spec)
     if rank is not None:
         return int(rank)
-    bias = fact.out_features if fact.has_bias else 0
-    return int((fact.dense_params() / ratio - bias) // (fact.in_features + fact.out_features))
+    rank = max(1, floor_rank(fact, ratio))
+    achieved = lambda r: fact.dense_params() / fact.params(r)  # noqa: E731
+    if off_by(achieved(rank), ratio) > TOLERANCE and off_by(achieved(rank + 1), ratio) <= TOLERANCE:
+        rank += 1
+    check_ratio(achieved(rank), ratio, f"a {fact.out_features}x{fact.in_features} linear",
+                [achieved(r) for r in (rank - 1, rank, rank + 1) if 1 <= r <= fact.max_rank()])
+    return rank
+
+
+def group_ranks(facts: dict[str, Factorization], ratio: float) -> dict[str, int]:
+    """Ranks for a whole target at `ratio` (all its layers together `ratio` times smaller): each
+    layer's largest rank within the ratio, then one rank more for the layers whose calibration
+    error falls most per parameter, while the target's total stays within the ratio."""
+    ranks = {p: max(1, min(floor_rank(f, ratio), f.max_rank())) for p, f in facts.items()}
+    dense = sum(f.dense_params() for f in facts.values())
+    kept = lambda: sum(f.params(ranks[p]) for p, f in facts.items())  # noqa: E731
+    while True:  # rounds of one rank more, while the budget has room
+        up = [p for p, f in facts.items() if ranks[p] < f.max_rank()]
+        extra = [float(facts[p].in_features + facts[p].out_features) for p in up]
+        gain = [float(facts[p].error[ranks[p]] - facts[p].error[ranks[p] + 1]) / max(facts[p].energy, 1e-30)
+                for p in up]
+        bumped = bump_within(extra, gain, dense / ratio - kept())
+        if not any(bumped):
+            break
+        for path, more in zip(up, bumped):
+            ranks[path] += more
+    if (over := step_over(extra, dense, kept(), ratio)) is not None:
+        ranks[up[over]] += 1
+    check_ratio(dense / kept(), ratio, f"{len(facts)} linears together", [dense / kept()])
+    return ranks
 
 
 class LowRankMethod:
@@ -164,8 +200,11 @@ class LowRankMethod:
         return {p: cache[p] for p in paths}
 
     def compress_group(self, paths: list[str], spec: MethodSpec, ctx: Context) -> dict[str, LowRankLinear]:
-        check_size(spec)
+        """A ratio= is met by the target as a whole, mixing adjacent ranks across its layers."""
+        ratio, _ = check_size(spec)
         facts = self.factorizations(paths, ctx)
+        if ratio is not None and len(facts) > 1:
+            return {path: facts[path].module(rank) for path, rank in group_ranks(facts, ratio).items()}
         return {path: fact.module(rank_of(fact, spec)) for path, fact in facts.items()}
 
     def compress(self, module: nn.Module, spec: MethodSpec, ctx: Context | None = None) -> LowRankLinear:

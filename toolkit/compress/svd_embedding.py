@@ -10,6 +10,7 @@ import torch
 import torch.nn as nn
 
 from toolkit.compress.context import Context
+from toolkit.compress.ratio import TOLERANCE, check_ratio, off_by
 from toolkit.compress.registry import Factorized, register
 from toolkit.compress.spec import MethodSpec
 from toolkit.errors import TensoredgeError
@@ -51,7 +52,7 @@ class TableSVD:
             raise TensoredgeError(f"'{spec}' needs exactly one of ratio= or rank=, e.g. svd-table:ratio=4")
         if ratio is not None and ratio <= 1:
             raise TensoredgeError(f"ratio {ratio:g} in '{spec}' would not reduce parameters: use a ratio > 1")
-        rank = int(rank) if rank is not None else int(count * dim / ratio // (count + dim))
+        rank = int(rank) if rank is not None else self.rank_for(count, dim, ratio)
         if rank < 1 or rank * (count + dim) >= count * dim:
             raise TensoredgeError(f"rank {rank} for a {count}x{dim} table would not reduce parameters "
                                   f"(limit {count * dim // (count + dim)}): change the rank or ratio")
@@ -60,6 +61,18 @@ class TableSVD:
         out.left.data.copy_((u[:, :rank] * s[:rank]).float())
         out.right.data.copy_(vh[:rank].float())
         return out
+
+    @staticmethod
+    def rank_for(count: int, dim: int, ratio: float) -> int:
+        """The rank whose table is `ratio` times smaller: the largest at or under that size, else the
+        next one up if that is within TOLERANCE; refused when neither is."""
+        achieved = lambda r: count * dim / (r * (count + dim))  # noqa: E731
+        rank = max(1, int(count * dim / ratio // (count + dim)))
+        if off_by(achieved(rank), ratio) > TOLERANCE and off_by(achieved(rank + 1), ratio) <= TOLERANCE:
+            rank += 1
+        check_ratio(achieved(rank), ratio, f"a {count}x{dim} table as one SVD",
+                    [achieved(r) for r in (rank - 1, rank, rank + 1) if 1 <= r and r * (count + dim) < count * dim])
+        return rank
 
     def rebuild(self, record: dict, model: nn.Module) -> LowRankEmbedding:
         return LowRankEmbedding(record["num_embeddings"], record["dim"], record["rank"])

@@ -22,7 +22,8 @@ def whitening(moment: torch.Tensor) -> torch.Tensor:
     scale = float(moment.diagonal().mean()) or 1.0
     damping = DAMPING
     while True:
-        factor, info = torch.linalg.cholesky_ex(moment + damping * scale * torch.eye(len(moment), dtype=moment.dtype))
+        eye = torch.eye(len(moment), dtype=moment.dtype, device=moment.device)
+        factor, info = torch.linalg.cholesky_ex(moment + damping * scale * eye)
         if info == 0:
             return factor
         damping *= 10
@@ -39,14 +40,16 @@ class WhitenedSVD(LowRankMethod):
         if stats is None:
             raise TensoredgeError("svd-llm needs calibration statistics: compress through compress_ with a tokenizer")
         weight, bias, layout = linear_weight(module)
-        moment = stats.second_moment
+        device = ctx.device if ctx is not None else "cpu"  # float64 linear algebra on the GPU when there is one
+        moment = stats.second_moment.to(device)
         white = whitening(moment)
-        u, s, vh = torch.linalg.svd(weight.double() @ white, full_matrices=False)
+        u, s, vh = torch.linalg.svd(weight.to(device).double() @ white, full_matrices=False)
         root = s.sqrt()
         up = u * root
         down = torch.linalg.solve_triangular(white, root[:, None] * vh, upper=False, left=False)  # (√s V^T) S^-1
         error, energy = output_error(up, down, moment)
-        return Factorization(up, down, error, energy, None if bias is None else bias.detach(), layout, self.name)
+        return Factorization(up.cpu(), down.cpu(), error.cpu(), energy, None if bias is None else bias.detach().cpu(),
+                             layout, self.name)
 
 
 register(WhitenedSVD())

@@ -16,6 +16,8 @@ ATTENTION = {
     "gpt2": ("transformer.h", ("attn.c_attn", "attn.c_proj")),
     "llama": ("model.layers", ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj")),
 }
+BLOCKS = {"gpt2": "transformer.h", "llama": "model.layers"}  # the decoder blocks, in order
+FINAL_NORM = {"gpt2": "transformer.ln_f", "llama": "model.norm"}  # between the last block and the head
 TARGETS = ("embedding", "mlp", "attention")
 KIND = {"embedding": "embedding", "mlp": "linear", "attention": "linear"}
 

@@ -14,6 +14,7 @@ frequent tokens (WikiText-2 valid counts, `by=freq`) or large-norm rows (`by=nor
 from __future__ import annotations
 
 import functools
+import itertools
 import math
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -22,6 +23,7 @@ import torch
 import torch.nn as nn
 
 from toolkit.compress.context import Context
+from toolkit.compress.ratio import MIX_ABOVE, TOLERANCE, check_ratio, off_by, rows_in_high
 from toolkit.compress.registry import Factorized, register
 from toolkit.compress.spec import MethodSpec
 from toolkit.errors import TensoredgeError
@@ -63,16 +65,19 @@ def row_params(shape: tuple[int, ...], ranks: list[int]) -> int:
     return sum(full[k] * n * full[k + 1] for k, n in enumerate(shape))
 
 
-def ranks_for_budget(shape: tuple[int, ...], budget: float) -> list[int]:
-    """The largest ranks whose per-row parameters fit `budget`: uniform cap, then greedy bumps
-    (so bonds may end with different ranks)."""
+def ranks_for_budget(shape: tuple[int, ...], budget: float, what: str = "", dense: float | None = None) -> list[int]:
+    """The largest ranks whose parameters fit `budget`: uniform cap, then greedy bumps (so bonds
+    may end with different ranks). `what` and `dense` word the error when even rank 1 is too big."""
     limits = max_ranks(shape)
     ranks = [1] * len(limits)
-    if row_params(shape, ranks) > budget:
-        raise TensoredgeError(
-            f"ratio too high for rows of shape {shape}: rank 1 already needs "
-            f"{row_params(shape, ranks)} values per row; lower the ratio"
-        )
+    least = row_params(shape, ranks)
+    if least > budget:
+        if dense and off_by(dense / least, dense / budget) <= TOLERANCE:
+            return ranks  # rank 1 is a little over the budget, but within the tolerance
+        reach = f", so the nearest it reaches is {dense / least:.4g}x" if dense else ""
+        ask = f" {dense / budget:.4g}x" if dense else ""
+        raise TensoredgeError(f"{what or 'cores'} of TT shape {shape} cannot be compressed{ask}: rank 1 already needs "
+                              f"{least} values{reach}; lower the ratio or raise order=")
     while True:
         grown = [min(r + 1, lim) for r, lim in zip(ranks, limits)]
         if grown == ranks or row_params(shape, grown) > budget:
@@ -87,6 +92,31 @@ def ranks_for_budget(shape: tuple[int, ...], budget: float) -> list[int]:
             if trial[k] <= limits[k] and row_params(shape, trial) <= budget:
                 ranks, bumped = trial, True
     return ranks
+
+
+def fit_ranks(shape: tuple[int, ...], dense: float, ratio: float, what: str, radius: int = 3) -> list[int]:
+    """Ranks for `dense / ratio` parameters: `ranks_for_budget`, then, where that leaves more than
+    MIX_ABOVE of the budget unused, the ranks within `radius` of those that fill it best (never
+    over it). Refused in one line when the result is still off by more than TOLERANCE."""
+    budget = dense / ratio
+    ranks = ranks_for_budget(shape, budget, what, dense)
+    if off_by(dense / row_params(shape, ranks), ratio) > MIX_ABOVE:
+        around = [range(max(1, r - radius), min(limit, r + radius) + 1) for r, limit in zip(ranks, max_ranks(shape))]
+        for trial in itertools.product(*around):
+            if row_params(shape, ranks) < row_params(shape, list(trial)) <= budget:
+                ranks = list(trial)
+    reachable = [dense / row_params(shape, ranks)]
+    if (up := next_ranks(shape, ranks)) is not None:
+        reachable.append(dense / row_params(shape, up))
+    check_ratio(reachable[0], ratio, f"{what} (TT cores {shape})", reachable)
+    return ranks
+
+
+def next_ranks(shape: tuple[int, ...], ranks: list[int]) -> list[int] | None:
+    """One bond one rank up, the bond that adds the fewest parameters (None when all are full)."""
+    limits = max_ranks(shape)
+    bumps = [ranks[:k] + [r + 1] + ranks[k + 1 :] for k, r in enumerate(ranks) if r < limits[k]]
+    return min(bumps, key=lambda b: row_params(shape, b)) if bumps else None
 
 
 def ranks_above(shape: tuple[int, ...], ranks: list[int]) -> list[int]:
@@ -261,16 +291,20 @@ def tier_plan(shape: tuple[int, ...], dim: int, count: int, ratio: float, boost:
     tier map, is `ratio` times smaller than dense float32. The high tier gets about `boost` times
     the average budget; at least a fraction `top` of rows are in it."""
     budget = dim / ratio - 0.25  # floats per row, less the tier map's byte
+    lowest = [1] * (len(shape) - 1)
+    if row_params(shape, lowest) >= budget:
+        most = dim / (row_params(shape, lowest) + 0.25)
+        if off_by(most, ratio) <= TOLERANCE:  # rank 1 everywhere is close enough: both tiers at it
+            return lowest, lowest, 1
+        raise TensoredgeError(f"ratio {ratio:g} leaves no room for two tiers in rows of shape {shape}, so the nearest "
+                              f"it reaches is {most:.4g}x: lower the ratio, raise order= or use tiers=1")
     high = ranks_for_budget(shape, boost * budget)
     if row_params(shape, high) <= budget:
         high = ranks_above(shape, ranks_for_budget(shape, budget))
     p_high = row_params(shape, high)
     rest = (budget - min(top, 0.99) * p_high) / (1 - min(top, 0.99))
-    low = ranks_for_budget(shape, max(rest, row_params(shape, [1] * (len(shape) - 1))))
+    low = ranks_for_budget(shape, max(rest, row_params(shape, lowest)))
     p_low = row_params(shape, low)
-    if p_low >= budget:
-        raise TensoredgeError(f"ratio {ratio:g} leaves no room for two tiers in rows of shape {shape}: "
-                              "lower the ratio or use tiers=1")
     high_rows = round(count * (budget - p_low) / (p_high - p_low))
     return high, low, min(max(high_rows, 1), count - 1)
 
@@ -307,7 +341,15 @@ class TensorTrainEmbedding:
             result = tt_svd(padded, shape, eps=eps)
         else:
             if ratio is not None:
-                ranks = ranks_for_budget(shape, dim / ratio)
+                ranks = ranks_for_budget(shape, dim / ratio, what=f"rows of {dim}", dense=dim)
+                achieved = dim / row_params(shape, ranks)
+                if off_by(achieved, ratio) > MIX_ABOVE:
+                    mixed = self.mixed(weight, padded, shape, ratio)
+                    if mixed is not None:
+                        return mixed
+                    check_ratio(achieved, ratio, f"a table of {dim}-wide rows in TT shape {shape}",
+                                [dim / row_params(shape, r) for r in (ranks, ranks_above(shape, ranks))
+                                 if row_params(shape, r) < dim])
             else:
                 ranks = [min(int(rank), lim) for lim in max_ranks(shape)]
             result = tt_svd(padded, shape, ranks)
@@ -319,6 +361,36 @@ class TensorTrainEmbedding:
         out = TTEmbedding(count, dim, shape, result.ranks)
         for param, core in zip(out.cores, result.cores):
             param.data.copy_(core)
+        return out
+
+    def mixed(self, weight: torch.Tensor, padded: torch.Tensor, shape: tuple[int, ...],
+              ratio: float) -> TieredTTEmbedding | None:
+        """`ratio` met with two adjacent rank settings where one steps too coarsely: the rows whose
+        TT-SVD discards the most less at the higher setting take it (a byte per row says which).
+        None when two settings cannot meet it within TOLERANCE either."""
+        count, dim = weight.shape
+        budget = dim / ratio - 0.25  # floats per row, less the tier map's byte
+        try:
+            low = ranks_for_budget(shape, budget)
+            high = ranks_above(shape, low)
+        except TensoredgeError:
+            return None
+        p_low, p_high = row_params(shape, low), row_params(shape, high)
+        high_rows = rows_in_high(count, budget, p_low, p_high)
+        achieved = dim / ((high_rows * p_high + (count - high_rows) * p_low) / count + 0.25)
+        if not 0 < high_rows < count or p_high >= dim or off_by(achieved, ratio) > TOLERANCE:
+            return None
+        results = {"high": tt_svd(padded, shape, high), "low": tt_svd(padded, shape, low)}
+        gain = results["low"].discarded - results["high"].discarded
+        tier_of = torch.ones(count, dtype=torch.uint8)
+        tier_of[gain.argsort(descending=True)[:high_rows]] = 0
+        out = TieredTTEmbedding(count, dim, shape, [{"count": high_rows, "ranks": results["high"].ranks},
+                                                    {"count": count - high_rows, "ranks": results["low"].ranks}])
+        out.tier_of.data.copy_(tier_of)
+        for t, name in enumerate(("high", "low")):
+            member = tier_of == t
+            for param, core in zip(out.tiers[t], results[name].cores):
+                param.data.copy_(core[member])
         return out
 
     def tiered(self, weight: torch.Tensor, padded: torch.Tensor, shape: tuple[int, ...], spec: MethodSpec,
@@ -333,8 +405,13 @@ class TensorTrainEmbedding:
             score = weight.norm(dim=-1).double()
         else:
             raise TensoredgeError(f"by={by} in '{spec}': choose by=freq or by=norm")
-        high, low, high_rows = tier_plan(shape, dim, count, spec.number("ratio"), spec.number("boost") or 2.0,
+        ratio = spec.number("ratio")
+        high, low, high_rows = tier_plan(shape, dim, count, ratio, spec.number("boost") or 2.0,
                                          spec.number("top") or 0.1)
+        p_high, p_low = row_params(shape, high), row_params(shape, low)
+        check_ratio(dim / ((high_rows * p_high + (count - high_rows) * p_low) / count + 0.25), ratio,
+                    f"a {count}x{dim} table in two TT tiers of shape {shape}",
+                    (dim / (p_low + 0.25), dim / (p_high + 0.25)))
         tier_of = torch.ones(count, dtype=torch.uint8)
         tier_of[score.argsort(descending=True)[:high_rows]] = 0
         out = TieredTTEmbedding(count, dim, shape, [{"count": high_rows, "ranks": high},

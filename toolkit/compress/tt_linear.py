@@ -13,10 +13,12 @@ import torch
 import torch.nn as nn
 
 from toolkit.compress.context import Context
+from toolkit.compress.ratio import bump_within, check_ratio, step_over
 from toolkit.compress.registry import Factorized, register
 from toolkit.compress.spec import MethodSpec
 from toolkit.compress.targets import linear_weight
-from toolkit.compress.tt_embedding import factor_shape, max_ranks, ranks_for_budget, row_params, tt_svd_rows
+from toolkit.compress.tt_embedding import (factor_shape, fit_ranks, max_ranks, next_ranks, ranks_for_budget, row_params,
+                                          tt_svd, tt_svd_rows)
 from toolkit.errors import TensoredgeError
 
 
@@ -56,37 +58,92 @@ class TTLinear(Factorized):
 
 
 class TensorTrainLinear:
-    """`tt-linear`: ratio=R (weight compression) or rank=R (cap on every TT rank); order=D (default 3)."""
+    """`tt-linear`: ratio=R (weight compression) or rank=R (cap on every TT rank); order=D (default 3).
+    A target's layers meet ratio=R together, some taking one rank setting more (`compress_group`)."""
 
     name = "tt-linear"
     params = ("ratio", "rank", "order")
     kinds = ("linear",)
 
-    def compress(self, module: nn.Module, spec: MethodSpec, ctx: Context | None = None) -> TTLinear:
-        weight, bias, layout = linear_weight(module)
-        out_features, in_features = weight.shape
-        order = int(spec.number("order") or 3)
-        out_shape, in_shape = factor_shape(out_features, order), factor_shape(in_features, order)
-        modes = tuple(o * i for o, i in zip(out_shape, in_shape))
+    @staticmethod
+    def size(spec: MethodSpec) -> tuple[float | None, float | None]:
         ratio, rank = spec.number("ratio"), spec.number("rank")
         if (ratio is None) == (rank is None):
             raise TensoredgeError(f"'{spec}' needs exactly one of ratio= or rank=, e.g. tt-linear:ratio=2")
+        if ratio is not None and ratio <= 1:
+            raise TensoredgeError(f"ratio {ratio:g} in '{spec}' would not reduce parameters: use a ratio > 1")
+        return ratio, rank
+
+    @staticmethod
+    def layout_of(module: nn.Module, spec: MethodSpec):
+        """(weight, bias, layout, out_shape, in_shape, modes) of a linear for TT cores of order=D."""
+        weight, bias, layout = linear_weight(module)
+        order = int(spec.number("order") or 3)
+        out_shape, in_shape = factor_shape(weight.shape[0], order), factor_shape(weight.shape[1], order)
+        return weight, bias, layout, out_shape, in_shape, tuple(o * i for o, i in zip(out_shape, in_shape))
+
+    def compress(self, module: nn.Module, spec: MethodSpec, ctx: Context | None = None) -> TTLinear:
+        ratio, rank = self.size(spec)
+        weight, bias, layout, out_shape, in_shape, modes = self.layout_of(module, spec)
+        out_features, in_features = weight.shape
         if ratio is not None:
-            if ratio <= 1:
-                raise TensoredgeError(f"ratio {ratio:g} in '{spec}' would not reduce parameters: use a ratio > 1")
-            ranks = ranks_for_budget(modes, int(out_features * in_features / ratio))
+            ranks = fit_ranks(modes, out_features * in_features, ratio, f"a {out_features}x{in_features} linear")
         else:
             ranks = [min(int(rank), limit) for limit in max_ranks(modes)]
+        return self.build(weight, bias, layout, out_shape, in_shape, ranks)
+
+    def compress_group(self, paths: list[str], spec: MethodSpec, ctx: Context) -> dict[str, TTLinear]:
+        """Every layer at the largest rank setting within the ratio, then, best error saved per
+        parameter first, the next setting up while the target as a whole stays within it."""
+        ratio, _ = self.size(spec)
+        modules = {p: ctx.model.get_submodule(p) for p in paths}
+        if ratio is None or len(paths) == 1:
+            return {p: self.compress(m, spec, ctx) for p, m in modules.items()}
+        layouts = {p: self.layout_of(m, spec) for p, m in modules.items()}
+        low, high, extra, gain = {}, {}, [], []
+        for p, (weight, _, _, out_shape, in_shape, modes) in layouts.items():
+            dense = weight.numel()
+            low[p] = ranks_for_budget(modes, dense / ratio, f"a {weight.shape[0]}x{weight.shape[1]} linear", dense)
+            high[p] = next_ranks(modes, low[p])
+            if high[p] is None:
+                extra.append(float("inf"))
+                gain.append(0.0)
+                continue
+            tensor = self.paired(weight, out_shape, in_shape)
+            extra.append(float(row_params(modes, high[p]) - row_params(modes, low[p])))
+            gain.append(float(tt_svd(tensor, modes, low[p]).discarded - tt_svd(tensor, modes, high[p]).discarded))
+        dense = sum(lay[0].numel() for lay in layouts.values())
+        left = dense / ratio - sum(row_params(layouts[p][5], low[p]) for p in paths)
+        bumped = bump_within(extra, gain, left)
+        kept = sum(row_params(layouts[p][5], high[p] if b else low[p]) for p, b in zip(paths, bumped))
+        over = step_over([float("inf") if b else e for e, b in zip(extra, bumped)], dense, kept, ratio)
+        if over is not None:
+            bumped[over], kept = True, kept + extra[over]
+        chosen = {p: high[p] if b else low[p] for p, b in zip(paths, bumped)}
+        check_ratio(dense / kept, ratio, f"{len(paths)} linears together in TT cores", [dense / kept])
+        out = {}
+        for p, (weight, bias, layout, out_shape, in_shape, modes) in layouts.items():
+            out[p] = self.build(weight, bias, layout, out_shape, in_shape, chosen[p])
+        return out
+
+    @staticmethod
+    def paired(weight: torch.Tensor, out_shape: tuple[int, ...], in_shape: tuple[int, ...]) -> torch.Tensor:
+        """(o_1..o_d, i_1..i_d) -> one row of modes (o_1 i_1, ..., o_d i_d)."""
+        order = len(out_shape)
+        tensor = weight.double().reshape(*out_shape, *in_shape)
+        return tensor.permute(*[p for k in range(order) for p in (k, order + k)]).reshape(1, -1)
+
+    def build(self, weight: torch.Tensor, bias: torch.Tensor | None, layout: str, out_shape: tuple[int, ...],
+              in_shape: tuple[int, ...], ranks: list[int]) -> TTLinear:
+        out_features, in_features = weight.shape
+        modes = tuple(o * i for o, i in zip(out_shape, in_shape))
         if min(ranks) < 1 or row_params(modes, ranks) >= out_features * in_features:
             raise TensoredgeError(
                 f"TT ranks {ranks} for a {out_features}x{in_features} weight (cores {modes}) hold "
                 f"{row_params(modes, ranks)} values, not fewer than the dense {out_features * in_features}: lower the rank"
             )
-        # (o_1..o_d, i_1..i_d) -> (o_1 i_1, ..., o_d i_d)
-        tensor = weight.double().reshape(*out_shape, *in_shape)
-        tensor = tensor.permute(*[p for k in range(order) for p in (k, order + k)]).reshape(1, -1)
         out = TTLinear(out_shape, in_shape, ranks, bias is not None, layout)
-        for param, core in zip(out.cores, tt_svd_rows(tensor, modes, ranks)):
+        for param, core in zip(out.cores, tt_svd_rows(self.paired(weight, out_shape, in_shape), modes, ranks)):
             param.data.copy_(core[0].reshape(param.shape))
         if bias is not None:
             out.bias.data.copy_(bias)

@@ -16,7 +16,7 @@ import torch.nn as nn
 from toolkit.compress.context import Context
 from toolkit.compress.registry import Factorized, register
 from toolkit.compress.spec import MethodSpec
-from toolkit.compress.tt_embedding import max_ranks, ranks_for_budget, row_params, tensor_shape, tt_svd
+from toolkit.compress.tt_embedding import fit_ranks, max_ranks, row_params, tensor_shape, tt_svd
 from toolkit.errors import TensoredgeError
 
 
@@ -85,7 +85,7 @@ class TTMatrix:
         if ratio is not None:
             if ratio <= 1:
                 raise TensoredgeError(f"ratio {ratio:g} in '{spec}' would not reduce parameters: use a ratio > 1")
-            ranks = ranks_for_budget(joint, count * dim / ratio)
+            ranks = fit_ranks(joint, count * dim, ratio, f"a {count}x{dim} table")
         else:
             ranks = [min(int(rank), lim) for lim in max_ranks(joint)]
         if row_params(joint, ranks) >= count * dim:

@@ -1,5 +1,6 @@
 """`tensoredge sweep fc`: every FC-layer method at 10/20/30% of the MLP + attention parameters
-removed, uniform vs surgical ranks; perplexity and KL on WikiText-2 test against the dense model.
+removed, uniform vs surgical ranks (and sensitivity, with --allocs); perplexity and KL on
+WikiText-2 test against the dense model.
 
 Calibration is WikiText-2 valid. The dense reference's log-probabilities are computed once and
 kept, so each variant costs one pass over the test windows. A method/allocation whose perplexity
@@ -56,19 +57,22 @@ class Reference:
         return {"perplexity": math.exp(nll / tokens), "kl": kl / tokens, "top1_agreement": agree / tokens}
 
 
-def variants(removals: tuple[float, ...], methods: tuple[str, ...]) -> list[tuple[str, str, float]]:
+def variants(removals: tuple[float, ...], methods: tuple[str, ...],
+             allocations: tuple[str, ...] = ("surgical", "uniform")) -> list[tuple[str, str, float]]:
     """(method, allocation, removal) in the order given. A method written `name@0.1/0.2` is measured
     at those removals only (to spend the time where the answer is open)."""
+    from toolkit.errors import TensoredgeError
+
+    known = ("surgical", "uniform", "sensitivity", "refined")
+    if not allocations or any(a not in known for a in allocations):
+        raise TensoredgeError(f"allocations {','.join(allocations)} for sweep fc: choose from {', '.join(known)}")
     out = []
     for entry in methods:
         name, _, only = entry.partition("@")
         chosen = tuple(float(x) for x in only.split("/")) if only else removals
-        allocations = ("surgical", "uniform") if name in LOW_RANK else ("uniform",)
         if name not in LOW_RANK + WHOLE_STACK:
-            from toolkit.errors import TensoredgeError
-
             raise TensoredgeError(f"unknown method '{name}' for sweep fc: choose from {', '.join(LOW_RANK + WHOLE_STACK)}")
-        out += [(name, a, r) for a in allocations for r in chosen]
+        out += [(name, a, r) for a in (allocations if name in LOW_RANK else ("uniform",)) for r in chosen]
     return out
 
 
@@ -80,17 +84,21 @@ def whole_stack_spec(method: str, removal: float) -> str:
 def run_fc_sweep(model_ref: str, out_dir: Path, removals: tuple[float, ...] = (0.1, 0.2, 0.3),
                  methods: tuple[str, ...] = (*LOW_RANK, *WHOLE_STACK), max_tokens: int = 2048,
                  calibration_tokens: int = 8192, objective: str = "relative",
-                 progress: Callable[[str], None] = print) -> dict:
-    """Measure every variant; after each one, rewrite <out_dir>/fc-sweep.json (partial runs keep)."""
+                 progress: Callable[[str], None] = print,
+                 allocations: tuple[str, ...] = ("surgical", "uniform"), sensitivity=None) -> dict:
+    """Measure every variant; after each one, rewrite <out_dir>/fc-sweep.json (partial runs keep).
+    A `sensitivity` allocation measures each method's layers once (see toolkit.compress.sensitivity)."""
     from toolkit.checkpoint import open_model
     from toolkit.compress import compress_
-    from toolkit.compress.budget import allocate, apply_ranks_, factorize_fc, fc_paths, summary
+    from toolkit.compress.budget import (MEASURED, allocate, apply_ranks_, factorize_fc, fc_paths, fc_profile,
+                                         predicted_kl, refined_ranks, summary)
     from toolkit.compress.context import Context
     from toolkit.counting import count_parameters
     from toolkit.data import wikitext2_ids
     from toolkit.errors import TensoredgeError
     from toolkit.evaluate import strided_windows
 
+    planned = variants(removals, methods, allocations)  # bad names: one line, before any work
     loaded = open_model(model_ref)
     model = loaded.model
     context = loaded.eval_context
@@ -109,7 +117,7 @@ def run_fc_sweep(model_ref: str, out_dir: Path, removals: tuple[float, ...] = (0
     out_path = Path(out_dir) / "fc-sweep.json"
     ctx = Context(model, loaded.family, loaded.tokenizer, calibration_tokens=calibration_tokens)
     hopeless: set[tuple[str, str]] = set()
-    for method, how, removal in variants(removals, methods):
+    for method, how, removal in planned:
         for key in [k for k in ctx.cache if k.startswith("factorizations:") and k != f"factorizations:{method}"]:
             del ctx.cache[key]  # one method's factors at a time (about 1.5 GB for SmolLM2)
         row = {"method": method, "allocation": how, "remove": removal}
@@ -121,9 +129,16 @@ def run_fc_sweep(model_ref: str, out_dir: Path, removals: tuple[float, ...] = (0
             trial = copy.deepcopy(model)
             if method in LOW_RANK:
                 facts = factorize_fc(ctx, method, ("mlp", "attention"), progress)
-                ranks = allocate(facts, removal, how, objective)
+                measured = fc_profile(ctx, method, facts, sensitivity, progress) if how in MEASURED else None
+                if how == "refined":
+                    ranks, passes = refined_ranks(ctx, method, facts, removal, sensitivity, progress)
+                    row |= passes
+                else:
+                    ranks = allocate(facts, removal, how, objective, profile=measured)
                 apply_ranks_(trial, facts, ranks)
                 row |= summary(trial, facts, ranks)
+                if measured is not None:
+                    row |= {"predicted_kl": predicted_kl(measured, facts, ranks)}
             else:
                 spec = whole_stack_spec(method, removal)
                 compress_(trial, loaded.family, {"mlp": spec, "attention": spec}, tokenizer=loaded.tokenizer)
@@ -184,7 +199,7 @@ def render(result: dict, out_dir: Path) -> Path:
         if "perplexity" in row:
             series.setdefault(label(row), []).append(row)
     for name, points in series.items():
-        style = "-" if "surgical" in name else "--"
+        style = "-" if "surgical" in name else ":" if "sensitivity" in name or "refined" in name else "--"
         x = [100 * p["removed_of_fc"] for p in points]
         axes[0].plot(x, [100 * (p["perplexity"] / dense - 1) for p in points], style, marker="o", label=name)
         axes[1].plot(x, [p["kl"] for p in points], style, marker="o", label=name)
