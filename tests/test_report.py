@@ -147,8 +147,8 @@ def test_pareto_front():
 
 @pytest.mark.parametrize("content,fragments", [
     ("not json {", ["cannot read results file"]),
-    ('{"schema": "someone.else/2"}', ["is not a bench, pipeline or eval result", "someone.else/2"]),
-    ("[1, 2]", ["is not a bench, pipeline or eval result"]),
+    ('{"schema": "someone.else/2"}', ["is not a bench, bench set, pipeline or eval result", "someone.else/2"]),
+    ("[1, 2]", ["is not a bench, bench set, pipeline or eval result"]),
     ('{"schema": "tensoredge.bench/1", "format": "onnx"}', ["is not a complete bench result", "model_path"]),
 ])
 def test_bad_input_is_one_line(content, fragments, tmp_path):
