@@ -2,18 +2,20 @@
 in batches of 1 to 256, eager and with CUDA graphs, in bf16 and fp16; speed, per-token latency and
 energy from NVML (whole board and above the GPU's idle power), as device_bench result rows.
 
+    python benchmarks/gpu_reference.py --dense MODEL.gguf --compress "--embedding tt:ratio=2" --out DIR
     python benchmarks/gpu_reference.py --dense MODEL.gguf --compressed DIR --out DIR
 
 On the lent GPU machine it runs as `benchmarks/run_gpu_reference.sh`, which installs the carried
-wheels, reassembles the GGUF and compresses it first (about 4 minutes on an H200 in all). The
-method is in docs/gpu-reference.md. `--device cpu` is a dry run of the same code on this host
+wheels and reassembles the GGUF (about 5 minutes on an H200 in all). The method is in
+docs/gpu-reference.md. `--device cpu` is a dry run of the same code on this host
 (no CUDA graphs, no NVML: no energy). Written to --out: gpu-reference.json (every row in
 `tensoredge.bench/1`, inside one `tensoredge.bench-set/1` file that `tensoredge report` reads, with
 the parity checks, the idle power and the NVML trace) and gpu-reference.txt (the table printed
 at the end). The JSON is rewritten after every row, so a run cut short keeps what it measured.
 
-Order of work: NVML starts recording; the models load on the CPU (the GPU settles after whatever
-ran before); the untouched GPU's idle power is read (--idle-s); the GPU's power with the model
+Order of work: NVML starts recording; `tensoredge compress` makes the compressed variant in a
+subprocess (--compress) while the dense model loads on the CPU, then it loads too (the GPU settles
+after whatever ran before); the untouched GPU's idle power is read (--idle-s); the GPU's power with the model
 resident and nothing running is read (--loaded-idle-s, recorded only); then per variant and dtype:
 the parity check (each fast path against eager on the same prompts), then the rows of --configs,
 smallest batch first.
@@ -23,7 +25,10 @@ from __future__ import annotations
 
 import argparse
 import copy
+import shlex
+import subprocess
 import sys
+import tempfile
 import time
 from datetime import datetime, timezone
 from pathlib import Path
@@ -135,6 +140,29 @@ class Energy:
                 "samples": [[round(t - start, 6), mj, mw] for t, mj, mw in sorted(self.recorder.trace)]}
 
 
+def start_compress(args, folder: Path, log: Path):
+    """`tensoredge compress` of --dense with the --compress plan, in a subprocess beside the dense load."""
+    if not args.compress:
+        return None
+    command = [sys.executable, "-m", "toolkit.cli", "compress", "--model", args.dense, *shlex.split(args.compress),
+               "--device", args.device, "--out", str(folder)]
+    say(f"compressing in a subprocess ({' '.join(command[1:])}; log: {log.name})")
+    with open(log, "w") as f:
+        return subprocess.Popen(command, stdout=f, stderr=subprocess.STDOUT, cwd=REPO), folder
+
+
+def finish_compress(compressing, log: Path) -> str | None:
+    """Wait for the compress subprocess; its folder, or a one-line error with the log's last line."""
+    if compressing is None:
+        return None
+    process, folder = compressing
+    if process.wait() != 0:
+        lines = log.read_text(errors="replace").strip().splitlines()
+        raise TensoredgeError(f"tensoredge compress failed (exit status {process.returncode}): "
+                              f"{lines[-1] if lines else 'no output'} (all of it in {log})")
+    return str(folder)
+
+
 def read_idle(energy: Energy, idle_s: float) -> dict | None:
     """The GPU's idle power: `idle_s` seconds of NVML reads with nothing running (before any CUDA work)."""
     if not energy.recorder or idle_s <= 0:
@@ -173,8 +201,8 @@ def measure(decoder, variant: str, dtype: str, batch: int, prompts, model, args,
         "model_path": f"torch+{prompt.device.type}:{variant}",
         "model_bytes": sum(p.numel() * p.element_size() for p in model.parameters()),
         "format": "pytorch",
-        "runtime": {"name": "pytorch", "version": versions(), "device": energy.gpu.get("name") or device_name(prompt),
-                    "path": decoder.path, "dtype": dtype, **decoder.describe()},
+        "runtime": {"name": "pytorch", "version": versions(), "path": decoder.path, "dtype": dtype,
+                    "device": energy.gpu.get("name") or device_name(prompt), **decoder.describe()},
         "kv_cache": True,
         "threads": torch.get_num_threads(),
         "vocab_size": int(model.config.vocab_size),
@@ -265,10 +293,10 @@ class Run:
         say(f"{variant} {path} {dtype}: batch {', '.join(map(str, batches))} not run: {why}")
 
     def save(self) -> dict:
+        best = [{"variant": v, "batch": b, "path": r["runtime"]["path"], "dtype": r["runtime"]["dtype"]}
+                for (v, b), r in best_per_batch(self.rows).items()]
         result = {**self.header, "parity": self.parity, "runs": self.rows, "not_run": self.not_run,
-                  "best_per_batch": [{"variant": v, "batch": b, "path": r["runtime"]["path"],
-                                      "dtype": r["runtime"]["dtype"]} for (v, b), r in best_per_batch(self.rows).items()],
-                  "nvml_trace": self.energy.trace_json()}
+                  "best_per_batch": best, "nvml_trace": self.energy.trace_json()}
         write_json(result, str(Path(self.args.out) / "gpu-reference.json"))
         return result
 
@@ -280,17 +308,16 @@ def run_variant(run: Run, variant: str, loaded, plan: dict, configs, prompts) ->
     from toolkit.static_decode import DTYPES, kv_cache_bytes, make_decoder
 
     args, device = run.args, prompts.device
-    base = loaded.model.to(device)
     for dtype in dict.fromkeys(d for _, d, _ in configs):
-        model = base if dtype == "fp32" else copy.deepcopy(base).to(DTYPES[dtype])
+        model = copy.deepcopy(loaded.model).to(device=device, dtype=DTYPES[dtype])  # one dtype resident at a time
         fast = list(dict.fromkeys(p for p, d, _ in configs if d == dtype and p != "eager"))
         if fast and not run.over_budget():
             say(f"{variant} {dtype}: parity of {', '.join(fast)} against eager (batch {args.parity_batch})")
             try:
                 checks = check_parity(model, fast, prompts, args)
-            except (RuntimeError, TensoredgeError) as e:  # e.g. a capture that failed: say so, measure the rest
-                checks = {p: {"error": first_line(e)} for p in fast}
-                say(f"{variant} {dtype}: parity check failed to run: {first_line(e)}")
+            except Exception as e:  # e.g. a capture that failed: recorded and said, and the rows still run
+                checks = {p: {"error": f"{type(e).__name__}: {first_line(e)}"} for p in fast}
+                say(f"{variant} {dtype}: parity check failed to run: {type(e).__name__}: {first_line(e)}")
             for path, check in checks.items():
                 run.parity.append({"variant": variant, "path": path, "dtype": dtype, **check})
                 if "passed" in check:
@@ -317,8 +344,9 @@ def run_variant(run: Run, variant: str, loaded, plan: dict, configs, prompts) ->
                 except torch.cuda.OutOfMemoryError as e:
                     run.skip(variant, path, dtype, batches[i:], f"out of memory at batch {batch}: {first_line(e)}")
                     break
-                except (RuntimeError, TensoredgeError) as e:
-                    run.skip(variant, path, dtype, batches[i:], f"failed at batch {batch}: {first_line(e)}")
+                except Exception as e:  # recorded under not_run; the other configurations still run
+                    run.skip(variant, path, dtype, batches[i:],
+                             f"failed at batch {batch}: {type(e).__name__}: {first_line(e)}")
                     break
                 finally:
                     decoder = None
@@ -335,16 +363,15 @@ def run_variant(run: Run, variant: str, loaded, plan: dict, configs, prompts) ->
                              f"is over --max-step-ms {args.max_step_ms:g}")
                     break
         model = None
-    loaded.model.to("cpu")
-    if device.type == "cuda":
-        torch.cuda.empty_cache()
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
 
 
 def summary_line(row: dict) -> str:
     e = row.get("energy") or {}
     joules = f", {e['joules_per_token']:.4f} J/token" if e else ""
-    return (f"  {row['decode_tokens_per_s']['median']:.0f} tok/s in all, p50 {row['decode_latency_ms']['p50']:.2f} ms "
-            f"per token{joules}")
+    return (f"  {row['decode_tokens_per_s']['median']:.0f} tok/s in all, "
+            f"p50 {row['decode_latency_ms']['p50']:.2f} ms per token{joules}")
 
 
 HEADERS = ["variant", "path", "dtype", "batch", "TTFT ms", "tok/s/stream", "tok/s total", "p50/p95 ms",
@@ -385,7 +412,7 @@ def report_text(result: dict, args) -> str:
                      f"energy counter; power reads {reads['min']:.1f}-{reads['max']:.1f} W")
     loaded = gpu.get("loaded_idle")
     if loaded:
-        lines.append(f"GPU with the CUDA context and models resident, nothing running ({loaded['seconds']:.0f} s): "
+        lines.append(f"GPU with the CUDA context and the dense model resident, nothing running ({loaded['seconds']:.0f} s): "
                      f"{loaded['watts']:.1f} W (not subtracted)")
     host = result["host_energy"]
     lines.append("Host CPU energy (RAPL): " + ("measured per row (host_energy in the JSON)" if host["available"]
@@ -394,9 +421,10 @@ def report_text(result: dict, args) -> str:
               ">idle subtracts the idle power x the window's length. Parity: max |logit diff| / tolerance "
               "against eager in the same dtype.", ""]
     lines.append(text_table(HEADERS, table_rows(result["runs"])))
-    if result["best_per_batch"]:
-        lines += ["", "Lowest whole-board J/token per batch size (parity passed): " + "; ".join(
-            f"{b['variant']} batch {b['batch']}: {PATH_NAMES[b['path']]} {b['dtype']}" for b in result["best_per_batch"])]
+    best = [f"{b['variant']} batch {b['batch']}: {PATH_NAMES[b['path']]} {b['dtype']}"
+            for b in result["best_per_batch"]]
+    if best:
+        lines += ["", "Lowest whole-board J/token per batch size (parity passed): " + "; ".join(best)]
     for n in result["not_run"]:
         lines.append(f"not run: {n['variant']} {n['path']} {n['dtype']} batch {n['batch']}: {n['why']}")
     return "\n".join(lines) + "\n"
@@ -406,6 +434,9 @@ def main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--dense", default=DEFAULT_MODEL, help="the dense model (name, .gguf, folder; default %(default)s)")
     p.add_argument("--compressed", help="a compressed folder from `tensoredge compress` (default: dense only)")
+    p.add_argument("--compress", metavar="PLAN", help="make the compressed variant from --dense with "
+                   "`tensoredge compress PLAN --device DEVICE` in a subprocess while the dense model loads, e.g. "
+                   "--compress '--embedding tt:ratio=2 --mlp svd:ratio=1.25' (instead of --compressed)")
     p.add_argument("--out", default="tensoredge-out/gpu-reference")
     p.add_argument("--device", default="cuda", choices=["cuda", "cpu"], help="cpu: a dry run of this script")
     p.add_argument("--configs", nargs="+", help="PATH:DTYPE:BATCHES entries (paths eager, static, graph, compile; "
@@ -420,8 +451,9 @@ def main(argv: list[str] | None = None) -> dict:
                    help="seconds of idle GPU power, after loading on the CPU and before any CUDA work")
     p.add_argument("--loaded-idle-s", type=float, default=5.0,
                    help="seconds of GPU power with the models resident and nothing running (recorded only)")
-    p.add_argument("--max-step-ms", type=float, default=100.0, help="no larger batch once p50 per-token latency is over this")
-    p.add_argument("--budget-s", type=float, default=240.0, help="start no new row after this many seconds")
+    p.add_argument("--max-step-ms", type=float, default=100.0,
+                   help="no larger batch once the p50 per-token latency is over this")
+    p.add_argument("--budget-s", type=float, default=270.0, help="start no new row after this many seconds")
     p.add_argument("--nvml-device", type=int, default=0)
     p.add_argument("--threads", type=int, help="CPU threads for torch (default: torch's)")
     p.add_argument("--seed", type=int, default=0)
@@ -431,6 +463,8 @@ def main(argv: list[str] | None = None) -> dict:
     for name in ("prompt_tokens", "decode_tokens", "min_repeats", "parity_batch"):
         if getattr(args, name) < 1:
             raise TensoredgeError(f"--{name.replace('_', '-')} must be >= 1")
+    if args.compress and args.compressed:
+        raise TensoredgeError("give --compressed DIR or --compress PLAN, not both")
     out = Path(args.out)
     if out.exists() and not out.is_dir():
         raise TensoredgeError(f"--out {out} is a file: give a folder")
@@ -443,13 +477,24 @@ def main(argv: list[str] | None = None) -> dict:
         torch.set_num_threads(args.threads)
     from toolkit.checkpoint import open_model
 
+    out.mkdir(parents=True, exist_ok=True)
     energy = Energy(args.device, args.nvml_device)  # recording from here: the trace shows the GPU settle
-    say(f"loading {args.dense}" + (f" and {args.compressed}" if args.compressed else "") + " on the CPU")
-    variants = [("dense", open_model(args.dense), {})]
-    if args.compressed:
-        from toolkit.checkpoint import read_manifest
+    with tempfile.TemporaryDirectory(prefix="tensoredge-gpu-reference-") as work:
+        compressing = start_compress(args, Path(work) / "compressed", out / "compress.log")
+        say(f"loading {args.dense} on the CPU")
+        try:
+            variants = [("dense", open_model(args.dense), {})]
+        except BaseException:
+            if compressing:  # ours: stop it before its folder goes away
+                compressing[0].kill()
+                compressing[0].wait()
+            raise
+        compressed = finish_compress(compressing, out / "compress.log") or args.compressed
+        if compressed:
+            from toolkit.checkpoint import read_manifest
 
-        variants.append(("compressed", open_model(args.compressed), read_manifest(args.compressed)["plan"]))
+            say(f"loading {compressed} on the CPU")
+            variants.append(("compressed", open_model(compressed), read_manifest(compressed)["plan"]))
     energy.idle = read_idle(energy, args.idle_s)
     if energy.idle:
         say(f"idle GPU: {energy.idle['watts']:.1f} W")
@@ -475,11 +520,13 @@ def main(argv: list[str] | None = None) -> dict:
         | {"configs": [f"{p}:{d}:{','.join(map(str, b))}" for p, d, b in configs]},
     }
     if energy.recorder and args.loaded_idle_s > 0:
-        variants[0][1].model.to(device)  # resident, nothing running: what a serving process idles at
+        resident = copy.deepcopy(variants[0][1].model).to(device)  # nothing running: what a server idles at
         torch.cuda.synchronize()
         t0 = energy.mark()
         time.sleep(args.loaded_idle_s)
         run.header["gpu"]["loaded_idle"] = energy.idle_window(t0, energy.mark())
+        del resident
+        torch.cuda.empty_cache()
         say(f"GPU with the model resident, nothing running: {run.header['gpu']['loaded_idle']['watts']:.1f} W")
     for variant, loaded, plan in variants:
         run_variant(run, variant, loaded, plan, configs, prompts)

@@ -36,8 +36,9 @@ def check_against_eager(model: torch.nn.Module, path: str, batch: int = BATCH) -
 
 
 @pytest.mark.parametrize("dtype", ["fp32", "bf16"])
-def test_static_cache_path_gives_eager_tokens_and_logits(tiny_llama, dtype):
-    model = tiny_llama.model.to(DTYPES[dtype])
+def test_static_cache_path_gives_eager_tokens_and_logits(tiny, dtype):
+    """Each tiny model (GPT-2 and Llama families) in float32 and bfloat16."""
+    model = tiny.model.to(DTYPES[dtype])
     check = check_against_eager(model, "static")
     assert check["tokens_equal"] and check["passed"], check
     assert check["forced_argmax_agreement"] == 1.0
@@ -121,12 +122,10 @@ def test_gpu_reference_script_dry_run_on_the_cpu(tiny_llama, tmp_path):
     import gpu_reference
 
     save_compressed(tiny_llama, {}, tmp_path / "dense")
-    plan = {"mlp": "svd:ratio=2"}
-    compress_(tiny_llama.model, "llama", plan)
-    save_compressed(tiny_llama, plan, tmp_path / "compressed")
     out = tmp_path / "out"
-    result = gpu_reference.main(["--device", "cpu", "--dense", str(tmp_path / "dense"), "--compressed",
-                                 str(tmp_path / "compressed"), "--out", str(out), "--configs", "eager:fp32:1,2",
+    # the compressed variant made by `tensoredge compress` in a subprocess, as on the GPU machine
+    result = gpu_reference.main(["--device", "cpu", "--dense", str(tmp_path / "dense"), "--compress",
+                                 "--mlp svd:ratio=2", "--out", str(out), "--configs", "eager:fp32:1,2",
                                  "static:fp32:2", "--prompt-tokens", "5", "--decode-tokens", "6", "--window-s", "0",
                                  "--min-repeats", "2", "--parity-batch", "2", "--threads", "1"])
     rows = result["runs"]
@@ -140,7 +139,8 @@ def test_gpu_reference_script_dry_run_on_the_cpu(tiny_llama, tmp_path):
         per_stream, total = row["decode_tokens_per_s_per_stream"]["median"], row["decode_tokens_per_s"]["median"]
         assert total == pytest.approx(per_stream * row["batch_size"])
         assert len(row["generated_tokens"]) == 6
-    assert rows[-1]["plan"] == plan and rows[-1]["parity"]["passed"]
+    assert rows[-1]["plan"] == {"mlp": "svd:ratio=2"} and rows[-1]["parity"]["passed"]
+    assert "saved to" in (out / "compress.log").read_text()
     assert rows[1]["generated_tokens"] == rows[2]["generated_tokens"]  # eager and static, same prompts
     assert result["host_energy"]["meter"] == "rapl"
     assert best_per_batch(rows) == {}  # no energy on a CPU dry run: nothing to plot

@@ -466,7 +466,7 @@ def report_markdown(inputs: Inputs, paths: Sequence[Path], plots: list[str]) -> 
 
 
 def write_report(paths: Sequence[Path], out_dir: Path) -> Path:
-    """report.md and PNG plots in `out_dir` from bench (tensoredge.bench/1 or bench-set/1), pipeline and eval JSON files."""
+    """report.md and PNG plots in `out_dir` from bench (tensoredge.bench/1, bench-set/1), pipeline and eval files."""
     inputs = read_inputs(paths)
     runs = list(inputs.runs.values())
     names = list(machines_of(runs))
