@@ -121,7 +121,10 @@ class NvmlRecorder:
     def start(self) -> dict:
         """Open NVML (BenchError if it cannot read the counter), start recording; returns gpu_info()."""
         self._nvml, self._handle = open_nvml(self.device)
-        self.mark()
+        try:
+            self.mark()
+        except Exception as e:  # pynvml.NVMLError_*, e.g. no power reading on this GPU
+            raise BenchError(f"NVML cannot read GPU {self.device}'s power: {first_line(e)}") from None
         self._thread.start()
         return gpu_info(self._nvml, self._handle)
 
