@@ -245,21 +245,27 @@ def device_name(tensor) -> str:
     return torch.cuda.get_device_name(tensor.device) if tensor.device.type == "cuda" else "cpu"
 
 
-def check_parity(model, paths: list[str], prompts, args) -> dict[str, dict]:
-    """Each fast path against eager in the same dtype: free greedy tokens, and logits under teacher forcing."""
+def check_parity(model, anchor_model, paths: list[str], prompts, args) -> dict[str, dict]:
+    """Each fast path against eager in the same dtype: free greedy tokens, and logits under teacher
+    forcing, with eager float32 (`anchor_model`, None when `model` is float32) fed the same tokens
+    to size the dtype's own rounding."""
     from toolkit.static_decode import generate, make_decoder, parity
 
     prompt = prompts[: args.parity_batch]
-    steps = args.decode_tokens
-    reference = generate(make_decoder("eager", model, len(prompt), args.prompt_tokens, steps), prompt, steps,
+    batch, steps = len(prompt), args.decode_tokens
+    reference = generate(make_decoder("eager", model, batch, args.prompt_tokens, steps), prompt, steps,
                          record_logits=True)
+    anchor = None
+    if anchor_model is not None:
+        anchor = generate(make_decoder("eager", anchor_model, batch, args.prompt_tokens, steps), prompt, steps,
+                          record_logits=True, force=reference.tokens)
     checks = {}
     for path in paths:
-        decoder = make_decoder(path, model, len(prompt), args.prompt_tokens, steps)
+        decoder = make_decoder(path, model, batch, args.prompt_tokens, steps)
         free = generate(decoder, prompt, steps, record_logits=True)
         forced = generate(decoder, prompt, steps, record_logits=True, force=reference.tokens)
-        checks[path] = {"reference": "eager (dynamic KV cache), same dtype and prompts",
-                        **decoder.describe(), **parity(reference, free, forced)}
+        checks[path] = {"reference": "eager (dynamic KV cache), same dtype and prompts; anchor: eager fp32",
+                        **decoder.describe(), **parity(reference, free, forced, anchor)}
         del decoder, free, forced
     return checks
 
@@ -314,7 +320,9 @@ def run_variant(run: Run, variant: str, loaded, plan: dict, configs, prompts) ->
         if fast and not run.over_budget():
             say(f"{variant} {dtype}: parity of {', '.join(fast)} against eager (batch {args.parity_batch})")
             try:
-                checks = check_parity(model, fast, prompts, args)
+                anchor_model = None if dtype == "fp32" else copy.deepcopy(loaded.model).to(device)
+                checks = check_parity(model, anchor_model, fast, prompts, args)
+                anchor_model = None
             except Exception as e:  # e.g. a capture that failed: recorded and said, and the rows still run
                 checks = {p: {"error": f"{type(e).__name__}: {first_line(e)}"} for p in fast}
                 say(f"{variant} {dtype}: parity check failed to run: {type(e).__name__}: {first_line(e)}")

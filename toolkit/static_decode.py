@@ -278,20 +278,26 @@ def generate(decoder: Decoder, prompt: torch.Tensor, steps: int, record_logits: 
     return Generation(tokens.cpu(), seconds[0], seconds[1:], torch.stack(history) if record_logits else None)
 
 
-def parity(reference: Generation, free: Generation, forced: Generation, rtol: float = BF16_RTOL) -> dict:
-    """A path against the eager reference on the same prompts, both with their logits recorded.
+def parity(reference: Generation, free: Generation, forced: Generation, anchor: Generation | None = None,
+           rtol: float = BF16_RTOL) -> dict:
+    """A path against the eager reference on the same prompts, in the same dtype, logits recorded.
 
     `free` decodes greedily on its own; `forced` is fed the reference's tokens, so its logits can be
-    compared at every step even after a token flipped. Logits agree when max |difference| <=
-    rtol * max |reference logit| (the tolerance). In bf16 two logits are often equal or within that
-    tolerance of each other (a near-tie), and then either kernel order may pick either token. So
-    the check passes when the logits agree, every forced-step argmax that differs from the
-    reference's token is at a near-tie, and the free tokens are equal or first part at a near-tie;
-    `tokens_equal` says whether they were equal throughout.
+    compared at every step even after a token flipped. `anchor` is eager float32 fed the same
+    tokens: the reference's own distance from it is what rounding to the dtype costs, and two
+    paths that round equally well may differ by up to twice that (triangle inequality). So the
+    tolerance on max |logit difference| is the larger of 2 x that distance and rtol x max |logit|.
+
+    In bf16 two logits are often equal or within the tolerance of each other (a near-tie), and
+    then either order of the same arithmetic may pick either token. The check passes when the
+    logits agree, every forced-step argmax that differs from the reference's token is at a
+    near-tie, and the free tokens are equal or first part at a near-tie; `tokens_equal` says
+    whether they were equal throughout.
     """
     ref, got = reference.logits, forced.logits
     scale = float(ref.abs().max())
-    tolerance = rtol * scale
+    rounding = float((ref - anchor.logits).abs().max()) if anchor is not None else None
+    tolerance = max(rtol * scale, 2 * rounding if rounding is not None else 0.0)
     diff = (got - ref).abs()
     top2 = ref.topk(2, dim=-1).values
     near_tie = (top2[..., 0] - top2[..., 1]) <= tolerance  # (steps, batch)
@@ -308,6 +314,8 @@ def parity(reference: Generation, free: Generation, forced: Generation, rtol: fl
         "max_abs_logit_diff": float(diff.max()),
         "mean_abs_logit_diff": float(diff.mean()),
         "logit_scale": scale,
+        "reference_vs_fp32_max_abs": rounding,
+        "candidate_vs_fp32_max_abs": float((got - anchor.logits).abs().max()) if anchor is not None else None,
         "rtol": rtol,
         "tolerance": tolerance,
     }
