@@ -68,7 +68,7 @@ def gpu_info(pynvml, handle) -> dict:
 
     def ask(call, scale: float = 1.0):
         try:
-            value = call(handle) if handle is not None else call()
+            value = call(handle)
         except Exception:  # not supported on this GPU or driver
             return None
         if isinstance(value, bytes):
