@@ -99,7 +99,6 @@ class Energy:
         self.rapl = RaplMeter()
         self.rapl_why = self.rapl.available()
         self.idle: dict | None = None
-        self.loaded_idle: dict | None = None
 
     def mark(self) -> float:
         return self.recorder.mark() if self.recorder else time.perf_counter()
@@ -409,8 +408,8 @@ def table_rows(rows: list[dict]) -> list[list[str]]:
 def report_text(result: dict, args) -> str:
     gpu, idle = result["gpu"], result["gpu"].get("idle")
     lines = [f"GPU reference: {result['machine']['cpu_model']} host; {gpu.get('name') or 'no GPU (dry run)'}"
-             + (f", power limit {gpu['power_limit_w']:.0f} W, driver {gpu.get('driver_version')}"
-                if gpu.get("power_limit_w") else ""),
+             + (f", power limit {gpu['power_limit_w']:.0f} W" if gpu.get("power_limit_w") else "")
+             + (f", driver {gpu['driver_version']}" if gpu.get("driver_version") else ""),
              f"{result['versions']}; {args.prompt_tokens}-token random prompts, {args.decode_tokens} greedy steps; "
              f"each row: {args.warmup} warm-up generation(s), then generations for at least {args.window_s:g} s "
              f"and {args.min_repeats} repeats (medians over them)"]

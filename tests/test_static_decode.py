@@ -172,3 +172,70 @@ def test_best_per_batch_picks_the_lowest_joules_with_parity():
     best = best_per_batch(rows)
     assert {k: (v["runtime"]["path"], v["energy"]["joules_per_token"]) for k, v in best.items()} == {
         ("dense", 1): ("graph", 0.5), ("dense", 8): ("graph", 0.08)}  # the failed-parity 0.05 is left out
+
+
+class ConstantPowerNvml:
+    """pynvml's calls used by NvmlRecorder, for a board that draws exactly WATTS all the time
+    (NVML itself cannot run on this host): its energy counter is WATTS x perf_counter seconds."""
+
+    WATTS = 100.0
+
+    def nvmlInit(self):
+        pass
+
+    def nvmlShutdown(self):
+        pass
+
+    def nvmlDeviceGetHandleByIndex(self, index):
+        return index
+
+    def nvmlDeviceGetTotalEnergyConsumption(self, handle):
+        import time
+
+        return int(self.WATTS * time.perf_counter() * 1e3)
+
+    def nvmlDeviceGetPowerUsage(self, handle):
+        return int(self.WATTS * 1e3)
+
+    def nvmlDeviceGetName(self, handle):
+        return "Constant 100 W board"
+
+    def nvmlDeviceGetPowerManagementLimit(self, handle):
+        return 700_000
+
+    def __getattr__(self, name):  # the other gpu_info queries answer as NVML does when it cannot
+        def not_supported(*args):
+            raise RuntimeError("Not Supported")
+
+        return not_supported
+
+
+def test_gpu_reference_energy_plumbing_with_a_constant_power_board(tiny_llama, tmp_path, monkeypatch):
+    """The script's energy columns on a board whose power never changes: 100 W idle and busy, so
+    every row draws 100 W, nothing above idle, and J/token = 100 W x window / tokens."""
+    from toolkit.checkpoint import save_compressed
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    import gpu_reference
+
+    monkeypatch.setitem(sys.modules, "pynvml", ConstantPowerNvml())
+    real_energy = gpu_reference.Energy
+    monkeypatch.setattr(gpu_reference, "Energy", lambda device, nvml_device: real_energy("cuda", nvml_device))
+    save_compressed(tiny_llama, {}, tmp_path / "dense")
+    result = gpu_reference.main(["--device", "cpu", "--dense", str(tmp_path / "dense"), "--out", str(tmp_path / "out"),
+                                 "--configs", "eager:fp32:1,2", "--prompt-tokens", "4", "--decode-tokens", "5",
+                                 "--window-s", "0.3", "--min-repeats", "2", "--idle-s", "0.5", "--loaded-idle-s", "0",
+                                 "--threads", "1"])
+    assert result["gpu"]["name"] == "Constant 100 W board" and result["gpu"]["power_limit_w"] == 700.0
+    assert result["gpu"]["idle"]["watts"] == pytest.approx(100.0, rel=1e-3)
+    for row in result["runs"]:
+        e = row["energy"]
+        assert e["tokens"] == (4 + 5) * row["batch_size"] * row["repeats"]
+        assert e["seconds"] >= 0.3 and e["average_watts"] == pytest.approx(100.0, rel=1e-2)
+        assert e["joules_per_token"] == pytest.approx(e["joules"] / e["tokens"])
+        assert abs(e["joules_above_idle"]) < 0.02 * e["joules"]  # the same 100 W as idle
+        assert e["power_limit_w"] == 700.0 and e["window_s"][1] - e["window_s"][0] == pytest.approx(e["seconds"])
+    assert [b["batch"] for b in result["best_per_batch"]] == [1, 2]
+    trace = result["nvml_trace"]["samples"]
+    assert trace[0][0] == 0.0 and all(p[2] == 100_000 for p in trace)
+    assert "GPU idle (before any CUDA work" in (tmp_path / "out" / "gpu-reference.txt").read_text()
