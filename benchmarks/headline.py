@@ -235,16 +235,25 @@ def plots(rows: list[dict], machine: str, out_dir: Path) -> list[str]:
 
 
 def gpu_rows() -> tuple[list[list[str]], list[str]]:
-    """The GPU reference runs on record (benchmarks/results/gpu), newest first."""
+    """The GPU reference runs on record (benchmarks/results/gpu): a row per bench, newest file first.
+
+    A file is one bench (the first, eager-only runs) or a bench set from benchmarks/gpu_reference.py.
+    """
+    from toolkit.report import BENCH_SET_SCHEMA
+
     rows, sources = [], []
-    paths = sorted((REPO / "benchmarks" / "results" / "gpu").rglob("gpu-*.json"),
-                   key=lambda p: json.loads(p.read_text())["timestamp"], reverse=True)
-    for path in paths:
-        r = json.loads(path.read_text())
-        e = r.get("energy") or {}
-        rows.append([r["timestamp"][:16].replace("T", " "), r["variant"], r["runtime"]["device"], mib(r["model_bytes"]),
-                     f"{r['prefill_s']['median'] * 1e3:.1f} ms", f"{r['decode_tokens_per_s']['median']:.1f}",
-                     f"{e['joules_per_token']:.2f} ({e.get('kind')}, {e.get('meter')})" if e else "-"])
+    files = [(p, json.loads(p.read_text())) for p in (REPO / "benchmarks" / "results" / "gpu").rglob("gpu-*.json")]
+    for path, data in sorted(files, key=lambda f: f[1]["timestamp"], reverse=True):
+        for r in data["runs"] if data.get("schema") == BENCH_SET_SCHEMA else [data]:
+            e, rt = r.get("energy") or {}, r["runtime"]
+            above = e.get("joules_per_token_above_idle")
+            rows.append([r["timestamp"][:16].replace("T", " "), r["variant"], rt["device"],
+                         f"{rt.get('path', 'eager')} {rt.get('dtype', 'fp32')}", str(r.get("batch_size", 1)),
+                         mib(r["model_bytes"]), f"{r['prefill_s']['median'] * 1e3:.1f} ms",
+                         f"{r.get('decode_tokens_per_s_per_stream', r['decode_tokens_per_s'])['median']:.1f}",
+                         f"{r['decode_tokens_per_s']['median']:.1f}",
+                         f"{e['joules_per_token']:.4f} ({e.get('kind')}, {e.get('meter')})" if e else "-",
+                         f"{above:.4f}" if above is not None else "-"])
         sources.append(str(path.relative_to(REPO)))
     return rows, sources
 
@@ -363,12 +372,15 @@ def main() -> None:
                   "Measured in this run by `benchmarks/onnx_decode.py` (its own header follows).", "",
                   "```", gpt2_text.strip(), "```", ""]
     lines += ["## GPU reference rows (not measured in this run)", "",
-              "PyTorch with its KV cache on a lent CUDA GPU, made by `benchmarks/run_gpu_reference.sh` (the "
-              "demo plan as 'compressed'); 64-token prompt, 128 greedy steps, median of 5. Energy from the "
-              "GPU's own NVML counter (board only). Two runs on the same kind of machine differed by 1.7x "
-              "(batch-1 eager decoding is bound by Python and kernel launches on the host CPU): compare "
-              "variants within one run.", "",
-              markdown_table(["run (UTC)", "variant", "device", "weights", "TTFT", "decode tok/s", "J/token"], gpu),
+              "PyTorch on a lent CUDA GPU, made by `benchmarks/run_gpu_reference.sh` (method: "
+              "[gpu-reference.md](gpu-reference.md); the demo plan as 'compressed'): eager with the dynamic KV "
+              "cache, and a static KV cache with CUDA graphs, at batch sizes up to 256. Energy from the GPU's own "
+              "NVML counter (board only), whole board and above the GPU's idle power; J/token counts the prompt "
+              "and decoded tokens of every stream, as the rows above do. The oldest rows (eager fp32, batch 1, no "
+              "idle reading) are kept for the record: two such runs differed by 1.7x, because batch-1 eager "
+              "decoding is bound by Python and kernel launches on the host CPU.", "",
+              markdown_table(["run (UTC)", "variant", "device", "path", "batch", "weights", "TTFT",
+                              "tok/s per stream", "tok/s total", "J/token", "J/token above idle"], gpu),
               "", "Sources: " + ", ".join(f"`{s}`" for s in gpu_sources) + ".", ""]
     summary = {"schema": "tensoredge.headline/1", "command": command, "machine": machine, "load_average": load,
                "bandwidth": bandwidth, "ppl_tokens": args.ppl_tokens, "rows": rows,

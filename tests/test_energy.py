@@ -251,3 +251,67 @@ def test_cli_energy_csv_columns_option(tmp_path, capsys):
             "--energy-csv-columns", "unix_s", "power_w"]
     assert main(argv) == 2  # the recorded log's window is in the past
     assert "has no samples inside the measured window" in capsys.readouterr().err
+
+
+def nvml_trace() -> dict:
+    return json.loads((DATA / "nvml_trace.json").read_text())
+
+
+def test_idle_power_and_joules_per_token_above_idle_on_a_recorded_nvml_trace():
+    from device_bench.energy.windows import above_idle, counter_update_hz, idle_power, window_joules
+
+    fx = nvml_trace()
+    trace = fx["samples"]
+    idle = idle_power(trace, *fx["idle_window"])
+    # counter 9,412,733,905 -> 9,413,864,905 mJ over 15.0 s: 1131.0 J / 15 s
+    assert idle["watts"] == pytest.approx(75.4)
+    assert idle["seconds"] == pytest.approx(15.0) and idle["reads"] == 7
+    # power reads 75.12, 75.48, 74.96, 75.33, 75.71, 75.55, 75.29 W
+    assert idle["power_reads_w"] == pytest.approx({"min": 74.96, "median": 75.33, "max": 75.71})
+
+    t0, t1 = fx["measured_window"]
+    joules = window_joules(trace, t0, t1)
+    # 9,416,770,807 - 9,415,483,307 mJ = 1,287,500 mJ over 3.125 s
+    assert joules == pytest.approx(1287.5)
+    entry = above_idle(joules, t1 - t0, idle["watts"], fx["measured_tokens"])
+    assert fx["measured_tokens"] == 64 * (64 + 128) * 3  # batch 64, 64-token prompts, 128 steps, 3 repeats
+    assert entry["average_watts"] == pytest.approx(412.0)  # 1287.5 J / 3.125 s
+    assert entry["joules_per_token"] == pytest.approx(0.0349256727)  # 1287.5 J / 36,864 tokens
+    # above idle: 1287.5 J - 75.4 W x 3.125 s = 1287.5 - 235.625 = 1051.875 J
+    assert entry["joules_above_idle"] == pytest.approx(1051.875)
+    assert entry["average_watts_above_idle"] == pytest.approx(336.6)  # 1051.875 J / 3.125 s
+    assert entry["joules_per_token_above_idle"] == pytest.approx(0.028533935546875)  # 1051.875 / 36,864
+    # the counter changed at each of the window's 6 reads after the first: 5 changes in 3.125 s
+    assert counter_update_hz(trace, t0, t1) == pytest.approx(1.6)
+
+
+def test_window_edges_between_reads_are_interpolated():
+    from device_bench.energy.windows import counter_at, window_joules
+
+    trace = nvml_trace()["samples"]
+    # halfway between the reads at 3071.502 s (9,415,483,307 mJ) and 3072.127 s (+256,875 mJ)
+    assert counter_at(trace, 3071.8145) == pytest.approx(9_415_483_307 + 128_437.5)
+    assert counter_at(trace, 3072.127) == 9_415_740_182  # exactly at a read
+    # 3071.8145 .. 3074.3145 s: (9,416,512,057 + 129,375) - (9,415,483,307 + 128,437.5) = 1,029,687.5 mJ
+    assert window_joules(trace, 3071.8145, 3074.3145) == pytest.approx(1029.6875)
+
+
+def test_energy_windows_refuse_what_they_cannot_know():
+    from device_bench.energy.windows import above_idle, window_joules
+
+    trace = nvml_trace()["samples"]
+    with pytest.raises(BenchError, match="outside the energy counter trace"):
+        window_joules(trace, 3050.0, 3060.0)  # starts before the first read
+    with pytest.raises(BenchError, match="must end after it starts"):
+        window_joules(trace, 3060.0, 3060.0)
+    with pytest.raises(BenchError, match="tokens > 0"):
+        above_idle(10.0, 1.0, 75.0, 0)
+    whole_board_only = above_idle(1287.5, 3.125, None, 36864)
+    assert "joules_per_token_above_idle" not in whole_board_only and whole_board_only["idle_watts"] is None
+
+
+def test_nvml_recorder_without_a_gpu_says_why():
+    from device_bench.energy.nvml import NvmlRecorder
+
+    with pytest.raises(BenchError, match="pynvml is not installed|NVML cannot read GPU"):
+        NvmlRecorder(10_000).start()

@@ -159,6 +159,32 @@ def test_emulated_runs_are_never_shown_as_speed(pipeline_out, tmp_path):
     assert not (tmp_path / "r2" / "toks_vs_size.png").exists() and not (tmp_path / "r2" / "joules_vs_size.png").exists()
 
 
+def test_a_gpu_bench_set_sits_beside_host_benches(pipeline_out, tmp_path):
+    """A tensoredge.bench-set/1 file (benchmarks/gpu_reference.py) gives one row per bench inside it,
+    with the decode path, dtype and batch in the runtime and J/token above idle in the energy."""
+    host = json.loads((pipeline_out / "bench-dense-gguf.json").read_text())
+    gpu_rows = []
+    for path, batch, joules, above in (("graph", 64, 0.0349256727, 0.0285339355), ("eager", 1, 1.9, None)):
+        row = json.loads(json.dumps(host))
+        row.update(model_path="torch+cuda:dense", format="pytorch", batch_size=batch, variant="dense")
+        row["runtime"] = {"name": "pytorch", "version": "torch 2.11.0", "device": "NVIDIA H200", "path": path,
+                          "dtype": "bf16"}
+        row["energy"] = {"meter": "nvml", "kind": "measured", "joules_per_token": joules,
+                         **({"joules_per_token_above_idle": above} if above else {})}
+        gpu_rows.append(row)
+    (tmp_path / "gpu-reference.json").write_text(json.dumps({"schema": "tensoredge.bench-set/1", "runs": gpu_rows}))
+    (tmp_path / "host.json").write_text(json.dumps(host))
+    done = tensoredge("report", str(tmp_path / "host.json"), str(tmp_path / "gpu-reference.json"),
+                      "--out", str(tmp_path / "r"))
+    assert done.returncode == 0, done.stderr
+    rows = runs_table((tmp_path / "r" / "report.md").read_text())
+    assert len(rows) == 3
+    graph = next(r for r in rows if "graph" in r[2])
+    assert graph[2] == "pytorch torch 2.11.0 on NVIDIA H200, graph bf16 batch 64"
+    assert graph[10] == "0.0349 (measured, nvml; 0.0285 above idle)"
+    assert next(r for r in rows if "eager" in r[2])[10] == "1.9 (measured, nvml)"
+
+
 def test_pareto_front():
     points = [(1.0, 5.0), (2.0, 3.0), (2.0, 4.0), (3.0, 3.0), (4.0, 1.0), (4.0, 1.0), (5.0, 2.0)]
     # (2, 4) loses to (2, 3); (3, 3) to (2, 3); (5, 2) to (4, 1); the two (4, 1) tie and both stay
@@ -171,8 +197,8 @@ def test_pareto_front():
 
 @pytest.mark.parametrize("content,fragments", [
     ("not json {", ["cannot read results file"]),
-    ('{"schema": "someone.else/2"}', ["is not a bench, pipeline or eval result", "someone.else/2"]),
-    ("[1, 2]", ["is not a bench, pipeline or eval result"]),
+    ('{"schema": "someone.else/2"}', ["is not a bench, bench set, pipeline or eval result", "someone.else/2"]),
+    ("[1, 2]", ["is not a bench, bench set, pipeline or eval result"]),
     ('{"schema": "tensoredge.bench/1", "format": "onnx"}', ["is not a complete bench result", "model_path"]),
 ])
 def test_bad_input_is_one_line(content, fragments, tmp_path):

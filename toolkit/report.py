@@ -17,6 +17,7 @@ SUMMARY_HEADERS = ["model", "params", "ONNX file", "GGUF file", "perplexity", "K
 RUN_HEADERS = ["file", "format", "runtime", "threads", "size", "decode tok/s", "decode min–max",
                "prefill tok/s", "peak RSS", "perplexity", "J/token", "emulated"]
 PIPELINE_SCHEMA = "tensoredge.pipeline/1"
+BENCH_SET_SCHEMA = "tensoredge.bench-set/1"  # many bench rows in one file: {"schema", "runs": [bench, ...], ...}
 
 
 def summary_rows(summary: dict) -> tuple[list[str], list[list[str]]]:
@@ -118,13 +119,22 @@ def skipped_meters(value: object) -> list[str]:
     return [str(value)] if value else []
 
 
+def runtime_label(bench: dict) -> str:
+    """Runtime, version and device; with a decode path, dtype and batch size where the bench has them."""
+    rt = bench["runtime"]
+    label = f"{rt['name']} {rt['version']}" + (f" on {rt['device']}" if rt.get("device", "cpu") != "cpu" else "")
+    setup = [str(rt[k]) for k in ("path", "dtype") if rt.get(k)]
+    if bench.get("batch_size"):
+        setup.append(f"batch {bench['batch_size']}")
+    return f"{label}, {' '.join(setup)}" if setup else label
+
+
 def run_of(bench: dict) -> Run:
     """Read a `tensoredge.bench/1` dict; energy, emulation and RSS are optional."""
     return Run(
         path=bench["model_path"],
         format=bench["format"],
-        runtime=f"{bench['runtime']['name']} {bench['runtime']['version']}"
-                + (f" on {bench['runtime']['device']}" if bench["runtime"].get("device", "cpu") != "cpu" else ""),
+        runtime=runtime_label(bench),
         threads=bench["threads"],
         size=bench["model_bytes"],
         decode={k: float(bench["decode_tokens_per_s"][k]) for k in ("median", "min", "max")},
@@ -156,13 +166,13 @@ def read_json(path: Path) -> object:
 
 
 def kind_of(data: object) -> str | None:
-    """"bench", "pipeline" or "eval" (eval JSON has no schema key), or None."""
+    """"bench", "bench-set", "pipeline" or "eval" (eval JSON has no schema key), or None."""
     from device_bench.bench import SCHEMA as BENCH_SCHEMA
 
     if not isinstance(data, dict):
         return None
     schema = data.get("schema")
-    kinds = {BENCH_SCHEMA: "bench", PIPELINE_SCHEMA: "pipeline"}
+    kinds = {BENCH_SCHEMA: "bench", PIPELINE_SCHEMA: "pipeline", BENCH_SET_SCHEMA: "bench-set"}
     if schema in kinds:
         return kinds[schema]
     return "eval" if schema is None and {"model", "dataset", "scores"} <= data.keys() else None
@@ -186,6 +196,9 @@ def add_eval(inputs: Inputs, path: Path, data: dict) -> None:
 def add_file(inputs: Inputs, kind: str, path: Path, data: dict) -> None:
     if kind == "bench":
         add_run(inputs, data)
+    elif kind == "bench-set":
+        for bench in data["runs"]:
+            add_run(inputs, bench)
     elif kind == "pipeline":
         inputs.pipeline_sections.append("#" + summary_markdown(data))  # one heading level down
         for variant in data["variants"].values():
@@ -204,7 +217,7 @@ def read_inputs(paths: Sequence[Path]) -> Inputs:
         kind = kind_of(data)
         if kind is None:
             schema = data.get("schema") if isinstance(data, dict) else None
-            raise TensoredgeError(f"{path} is not a bench, pipeline or eval result (schema {schema!r})")
+            raise TensoredgeError(f"{path} is not a bench, bench set, pipeline or eval result (schema {schema!r})")
         try:
             add_file(inputs, kind, path, data)
         except (KeyError, TypeError, AttributeError, ValueError) as exc:
@@ -259,12 +272,30 @@ def machines_of(runs: Sequence[Run]) -> dict[str, dict]:
 
 
 def energy_cell(run: Run) -> str:
-    """J/token with how it was obtained: measured or estimated, and the meter."""
+    """J/token with how it was obtained: measured or estimated, the meter, and above idle where known."""
     e = run.energy or {}
     if e.get("joules_per_token") is None:
         return "-"
     how = ", ".join(str(e[k]) for k in ("kind", "meter") if e.get(k))
+    if e.get("joules_per_token_above_idle") is not None:
+        how += f"; {num(e['joules_per_token_above_idle'])} above idle"
     return f"{num(e['joules_per_token'])} ({how})" if how else num(e["joules_per_token"])
+
+
+def best_per_batch(benches: Sequence[dict]) -> dict[tuple[str, int], dict]:
+    """For each (variant, batch size), the bench with the lowest whole-board J/token: a GPU's best
+    configuration at that batch, for an energy plot. Benches whose parity check (a fast decode path
+    against eager) did not pass, and benches without energy, are left out."""
+    best: dict[tuple[str, int], dict] = {}
+    for bench in benches:
+        joules = (bench.get("energy") or {}).get("joules_per_token")
+        parity = bench.get("parity")
+        if joules is None or (parity is not None and not parity.get("passed")):
+            continue
+        key = (str(bench.get("variant", bench["model_path"])), int(bench.get("batch_size", 1)))
+        if key not in best or joules < best[key]["energy"]["joules_per_token"]:
+            best[key] = bench
+    return dict(sorted(best.items()))
 
 
 def run_row(run: Run, label: str) -> list[str]:
@@ -396,7 +427,8 @@ RUN_NOTES = [
     "PyTorch float32 before export, so a quantized GGUF shows its variant's number), else from "
     "`tensoredge eval --json` of a model file with the same name.",
     "J/token: energy of the bench's measured runs per token (prompt and decoded, as device_bench counts them), "
-    "measured by the named meter or estimated.",
+    "measured by the named meter or estimated; with a batch, the tokens of every stream. Above idle: less the "
+    "device's idle power over the same time (GPU rows, NVML).",
     "Pareto front (dashed line, ringed points): runs that no other run beats on both file size and the metric.",
 ]
 
@@ -452,7 +484,7 @@ def report_markdown(inputs: Inputs, paths: Sequence[Path], plots: list[str]) -> 
 
 
 def write_report(paths: Sequence[Path], out_dir: Path) -> Path:
-    """report.md and PNG plots in `out_dir` from bench (tensoredge.bench/1), pipeline and eval JSON files."""
+    """report.md and PNG plots in `out_dir` from bench (tensoredge.bench/1, bench-set/1), pipeline and eval files."""
     inputs = read_inputs(paths)
     runs = list(inputs.runs.values())
     names = list(machines_of(runs))
