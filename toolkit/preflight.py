@@ -124,13 +124,14 @@ def check_compress(args: argparse.Namespace) -> None:
     from toolkit.compress import check_plan
     from toolkit.compress.budget import check_budget
 
-    if (Path(args.model) / "manifest.json").is_file():
+    if (Path(args.model) / "manifest.json").is_file():  # already compressed: refuse compressing it again
         from toolkit.checkpoint import read_manifest
 
         manifest = read_manifest(args.model)
         plan = " ".join(f"--{target} {spec}" for target, spec in manifest["plan"].items())
-        raise TensoredgeError(f"{args.model} is already compressed ({plan}): compress its base model "
-                              f"'{manifest['base_model']}' with one combined plan instead")
+        if plan:  # an empty plan is a dense model saved as a folder (e.g. a healing teacher): compressible
+            raise TensoredgeError(f"{args.model} is already compressed ({plan}): compress its base model "
+                                  f"'{manifest['base_model']}' with one combined plan instead")
     check_plan(plan_of(args))
     if args.fc is not None:
         for name in ("remove", "max_ppl_increase"):
