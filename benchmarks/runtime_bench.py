@@ -181,7 +181,7 @@ def prepare(args: argparse.Namespace, work: Path) -> tuple[dict, object]:
             cli("export", "onnx", "--model", model, "--precision", *PRECISIONS, "--out", str(export))
         for precision in PRECISIONS:
             rows[f"ours {name} {precision}"] = (str(export / FILES[precision]), "onnx", export / FILES[precision], 4)
-    for weight_type in ("f32", "q8_0", "q4_0"):
+    for weight_type in ("f32", "q8_0", "q5_1", "q4_1", "q4_0"):
         path = work / f"dense-{weight_type}.gguf"
         if not path.is_file():
             say(f"tensoredge export gguf {weight_type}")
