@@ -1,7 +1,7 @@
 """`make arm64-check`: the board side on a real Debian bookworm arm64 userland, emulated by qemu-user.
 
 On the host (this venv, with torch) it exports tiny-gpt2 and a compressed tiny Llama with
-`tensoredge export onnx --precision int8` and `tensoredge export container`. In the arm64 root
+`tensoredge export onnx --precision fp32 int8` and `tensoredge export container`. In the arm64 root
 (scripts/arm64/root.sh) it installs the board distribution (device_bench/pyproject.toml) into a
 venv from aarch64 wheels, as on a Raspberry Pi, and there, torch-free:
 
@@ -167,18 +167,18 @@ def install_board(arm: Arm64, house: Path, wheel: Path, pins: list[str]) -> dict
 
 def make_exports(work: Path) -> dict[str, Path]:
     """The host's exports: ONNX fp32 + int8 of tiny-gpt2 and of a compressed tiny Llama; its container."""
-    tensoredge("export", "onnx", "--model", "tiny-gpt2", "--out", str(work / "tiny-gpt2"), "--precision", "int8")
+    tensoredge("export", "onnx", "--model", "tiny-gpt2", "--out", str(work / "tiny-gpt2"), "--precision", "fp32", "int8")
     tensoredge("compress", "--model", "tiny-llama", "--embedding", "tt:ratio=2", "--mlp", "svd:ratio=1.5",
                "--out", str(work / "tiny-llama-c"))
     tensoredge("export", "onnx", "--model", str(work / "tiny-llama-c"), "--out", str(work / "tiny-llama-c-onnx"),
-               "--precision", "int8")
+               "--precision", "fp32", "int8")
     tensoredge("export", "container", "--model", str(work / "tiny-llama-c"),
                "--out", str(work / "tiny-llama-c.container.gguf"))
     files = {}
     for name in ("tiny-gpt2", "tiny-llama-c-onnx"):
         for precision, file in (("fp32", "model.onnx"), ("int8", "model_int8.onnx")):
             if not (work / name / file).is_file():
-                raise CheckFailed(f"`tensoredge export onnx --precision int8` wrote no {name}/{file}")
+                raise CheckFailed(f"`tensoredge export onnx --precision fp32 int8` wrote no {name}/{file}")
             files[f"{name.removesuffix('-onnx')} {precision}"] = work / name / file
     return files
 
