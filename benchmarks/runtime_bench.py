@@ -201,6 +201,9 @@ def prepare(args: argparse.Namespace, work: Path) -> tuple[dict, object]:
 
 
 def bench_once(ref: str, out: Path, args: argparse.Namespace) -> dict:
+    """One measured run of `ref` in a fresh process; with --reuse-rounds, the run already on disk."""
+    if args.reuse_rounds and out.is_file():
+        return json.loads(out.read_text())
     run([sys.executable, "-m", "device_bench", ref, "--json", str(out), "--threads", str(args.threads),
          "--prompt-tokens", str(args.prompt_tokens), "--decode-tokens", str(args.decode_tokens),
          "--repeats", "1", "--warmup", "1", "--meter", "estimate"])
@@ -252,6 +255,8 @@ def main() -> None:
     p.add_argument("--work", default="/tmp/tensoredge-runtime-bench", help="model files (kept for reuse)")
     p.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "runtime"))
     p.add_argument("--prepare-only", action="store_true", help="make the model files, time nothing")
+    p.add_argument("--reuse-rounds", action="store_true",
+                   help="take each round's result already in --work (a run stopped after its rounds) instead of timing it")
     args = p.parse_args()
     work, out = Path(args.work) / args.model, Path(args.out) / args.model
     work.mkdir(parents=True, exist_ok=True)
@@ -307,6 +312,10 @@ def main() -> None:
               f"process with one warm-up run\nmachine: {machine['cpu_model']}, {machine['cores_logical']} logical "
               f"cores; load average {load_before[0]:.2f} before, {load_after[0]:.2f} after\n"
               f"memory read bandwidth {bandwidth['gb_per_s']:.2f} GB/s ({bandwidth['method']})")
+    if args.reuse_rounds:  # the load averages above are of this run, not of the rounds it reused
+        first = min(work.glob("bench-*-0.json"), key=lambda f: f.stat().st_mtime)
+        header += (f"\nrounds reused from an earlier run (--reuse-rounds), measured from "
+                   f"{datetime.fromtimestamp(first.stat().st_mtime, timezone.utc):%Y-%m-%d %H:%M} UTC")
     text = header + "\n\n" + text_table(["runtime / file", "file", "decode tok/s", "TTFT", "peak RSS",
                                          "bytes/token", "of roofline", "nodes"], table) + "\n"
     for label, ops in profiles.items():

@@ -91,7 +91,7 @@ class OnnxCausalLM:
         self.kv_cache = self.layers > 0
         if self.kv_cache:
             key = inputs["past_key_values.0.key"]
-            _, self.kv_heads, _, self.head_dim = key.shape
+            self.kv_heads, self.head_dim = self._kv_dims(key.shape)
             self.kv_dtype = NUMPY_TYPES.get(key.type, np.float32)
         self.outputs = ["logits"] + [f"present.{i}.{kv}" for i in range(self.layers) for kv in ("key", "value")]
         self.meta = self.session.get_modelmeta().custom_metadata_map
@@ -99,6 +99,19 @@ class OnnxCausalLM:
         self.shared_buffer = self.kv_cache and self.meta.get("kv_cache") == SHARED_BUFFER
         self._buffers: InPlaceCache | None = None
         self.reset()
+
+    def _kv_dims(self, shape: list) -> tuple[int, int]:
+        """KV heads and head size: from the graph, or, where its dimensions are symbolic (e.g. GenAI's
+        builder), from genai_config.json beside it."""
+        _, heads, _, head_dim = shape
+        if isinstance(heads, int) and isinstance(head_dim, int):
+            return heads, head_dim
+        config_path = self.path.parent / "genai_config.json"
+        if config_path.is_file():
+            decoder = json.loads(config_path.read_text())["model"]["decoder"]
+            return int(decoder["num_key_value_heads"]), int(decoder["head_size"])
+        raise BenchError(f"{self.path}: its KV cache shape {shape} is symbolic and no genai_config.json says "
+                         "the heads and head size: re-export it with tensoredge")
 
     def _vocab_size(self, logits_shape: list) -> int:
         if "vocab_size" in self.meta:
