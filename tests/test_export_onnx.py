@@ -11,6 +11,7 @@ import onnx
 import pytest
 import torch
 
+from device_bench.errors import BenchError
 from device_bench.generate import generate_ids
 from device_bench.onnx_lm import OnnxCausalLM
 from exporters.onnx import export_onnx
@@ -132,6 +133,28 @@ def test_in_place_cache_decodes_pytorchs_tokens_and_grows(tiny_llama, tmp_path_f
     small = OnnxCausalLM(folder, max_tokens=len(prompt) + 2)  # outgrown after two steps: reallocated
     assert list(generate_ids(small, prompt, 20)) == expected
     assert small._buffers.capacity >= len(prompt) + 20
+
+
+def test_symbolic_kv_shapes_are_read_from_genai_config(tiny_llama, tmp_path_factory, tmp_path):
+    """GenAI's builder names the KV heads and head size symbolically in the graph: the runner takes them
+    from genai_config.json, and decodes the same tokens as with static shapes."""
+    tiny_llama, folder, _ = exported(tiny_llama, "compressed", tmp_path_factory)
+    proto = onnx.load(str(folder / "model.onnx"))
+    for value in [*proto.graph.input, *proto.graph.output]:
+        if value.name.startswith(("past_key_values.", "present.")):
+            dims = value.type.tensor_type.shape.dim
+            dims[1].dim_param, dims[3].dim_param = "num_kv_heads", "head_size"
+    onnx.save(proto, str(tmp_path / "model.onnx"))
+    config = json.loads((folder / "genai_config.json").read_text())
+    (tmp_path / "genai_config.json").write_text(json.dumps(config))
+    prompt = np.array(tiny_llama.tokenizer("The tensor train")["input_ids"])
+    symbolic = OnnxCausalLM(tmp_path / "model.onnx")
+    assert (symbolic.kv_heads, symbolic.head_dim) == (config["model"]["decoder"]["num_key_value_heads"],
+                                                      config["model"]["decoder"]["head_size"])
+    assert list(generate_ids(symbolic, prompt, 12)) == list(generate_ids(OnnxCausalLM(folder), prompt, 12))
+    (tmp_path / "genai_config.json").unlink()
+    with pytest.raises(BenchError, match="symbolic"):
+        OnnxCausalLM(tmp_path / "model.onnx")
 
 
 def test_int4_in_place_decode_equals_its_reference(tiny_gpt2, tmp_path):
