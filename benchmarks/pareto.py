@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from contextlib import ExitStack
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -34,15 +35,15 @@ from device_bench.files import write_json  # noqa: E402
 from toolkit.progress import say  # noqa: E402
 from toolkit.table import text_table  # noqa: E402
 
-SCORED = ["ours dense int4", "ours svd-llm-fc20 int4", "llama.cpp dense Q4_0", "GenAI builder dense int4",
-          "llama.cpp dense Q4_1", "ours dense int8", "llama.cpp dense Q8_0", "GenAI builder dense int8",
-          "ours svd-llm-fc20 int8", "llama.cpp dense Q5_1"]  # most telling first: a stopped run keeps those
+DEFAULT_ROWS = ["ours dense int4", "ours svd-llm-fc20 int4", "llama.cpp dense Q4_0", "GenAI builder dense int4",
+                "PyTorch dense, int4 simulated"]  # about 25 minutes on 2 cores at 32,768 tokens
 SIMULATED = {"PyTorch dense, int4 simulated": "dense", "PyTorch svd-llm-fc20, int4 simulated": "svd-llm-fc20"}
 COMPRESSED = ("svd-llm",)  # labels of compressed rows; everything else is plain quantization of the dense model
 
 
 def score(args: argparse.Namespace, bench: dict, work: Path) -> dict:
-    """Perplexity, KL and top-1 agreement of each row on the same windows, each through its runtime."""
+    """Perplexity, KL and top-1 agreement of each row of --rows, each through its own runtime, on the same
+    windows in one pass (the dense reference runs once per window)."""
     import torch
 
     from device_bench.onnx_lm import OnnxCausalLM
@@ -54,29 +55,27 @@ def score(args: argparse.Namespace, bench: dict, work: Path) -> dict:
     torch.set_num_threads(args.threads)
     dense = load_model("smollm2-135m")
     windows, setup = text_windows(dense.tokenizer, "wikitext2", args.tokens, args.context, args.context // 2)
-    scores = json.loads((work / "scores.json").read_text()) if (work / "scores.json").is_file() else {}
-    for label in [*SCORED[:4], *SIMULATED, *SCORED[4:]]:
-        if label in scores and scores[label]["tokens"] == setup["tokens"]:
-            continue
-        if label in SIMULATED:
+    candidates, simulated = {}, []
+    for label in args.rows:
+        if label in SIMULATED:  # a copy of its own: the reference stays float
             name = SIMULATED[label]
-            # a copy of its own: the reference must stay float
-            model = (load_model("smollm2-135m") if name == "dense" else open_model(str(Path(args.work) / name))).model
-            with quant_aware(model, 4, 32):
-                result = compare(dense.model, {label: model}, windows, progress=say)[label]
+            candidates[label] = (load_model("smollm2-135m") if name == "dense"
+                                 else open_model(str(Path(args.work) / name))).model
+            simulated.append(quant_aware(candidates[label], 4, 32))
+        elif (row := bench["rows"].get(label)) is None:
+            raise SystemExit(f"error: {label} is not a row of {args.bench}: choose from {', '.join(bench['rows'])}")
+        elif row["file"].endswith(".gguf"):
+            candidates[label] = LlamaCppLogits(row["file"], context=args.context, threads=args.threads)
         else:
-            row = bench["rows"].get(label)
-            if row is None:
-                say(f"{label}: not in the runtime bench, skipped")
-                continue
-            if row["file"].endswith(".gguf"):
-                candidate = LlamaCppLogits(row["file"], context=args.context, threads=args.threads)
-            else:
-                candidate = OnnxLogits(OnnxCausalLM(row["file"], threads=args.threads))
-            say(f"scoring {label} on {setup['tokens']:,} tokens")
-            result = compare(dense.model, {label: candidate}, windows, progress=say)[label]
-        scores[label] = result | {"tokens": setup["tokens"], "context": args.context}
-        write_json(scores, str(work / "scores.json"))  # after every row: a stopped run keeps what it measured
+            candidates[label] = OnnxLogits(OnnxCausalLM(row["file"], threads=args.threads))
+    say(f"scoring {len(candidates)} files on {setup['tokens']:,} tokens ({len(windows)} windows), each through its runtime")
+    with ExitStack() as stack:
+        for scope in simulated:
+            stack.enter_context(scope)
+        result = compare(dense.model, candidates, windows, progress=say)
+    scores = {label: result[label] | {"tokens": setup["tokens"], "context": args.context} for label in candidates}
+    scores["dense (PyTorch fp32)"] = result["reference"] | {"tokens": setup["tokens"], "context": args.context}
+    write_json(scores, str(work / "scores.json"))
     return scores
 
 
@@ -121,7 +120,7 @@ def plots(rows: list[dict], on_front: dict[str, set], machine: str, out: Path) -
                         .replace("ours ", ""), (row[key], row["perplexity"]), fontsize=7,
                         xytext=(4, 3), textcoords="offset points")
         ax.set_xlabel(xlabel)
-        ax.set_ylabel(f"perplexity, WikiText-2 test, first {rows[0]['tokens']:,} tokens (through the runtime)")
+        ax.set_ylabel(f"perplexity, first {rows[0]['tokens']:,} WikiText-2 test tokens")
         ax.set_title(f"SmolLM2-135M files ({machine}); black edge: on the front", fontsize=9)
         ax.grid(alpha=0.3)
         fig.tight_layout()
@@ -139,34 +138,36 @@ def main() -> None:
     p.add_argument("--tokens", type=int, default=32768, help="WikiText-2 test tokens each file is scored on")
     p.add_argument("--context", type=int, default=1024)
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--rows", nargs="+", default=DEFAULT_ROWS, metavar="LABEL",
+                   help="runtime-bench rows (and PyTorch simulations) to score (default: %(default)s)")
     p.add_argument("--reuse", action="store_true", help="use benchmarks/results/pareto/scores.json as it is")
-    p.add_argument("--out", type=Path, default=REPO / "docs")
+    p.add_argument("--out", type=Path, default=REPO / "docs", help="where RESULTS.md and its plots go")
+    p.add_argument("--results", type=Path, default=REPO / "benchmarks/results/pareto", help="scores.json, results.json")
     args = p.parse_args()
     bench = json.loads(args.bench.read_text())
-    results = REPO / "benchmarks/results/pareto"
+    results = args.results
     results.mkdir(parents=True, exist_ok=True)
     scores = json.loads((results / "scores.json").read_text()) if args.reuse else score(args, bench, results)
     machine = f"{bench['machine']['cpu_model']}, {bench['settings']['threads']} threads"
 
     rows = []
-    for label, s in scores.items():
-        row = bench["rows"].get(label)
-        if row is None:
-            continue
-        rows.append({"label": label, "size_mb": row["file_bytes"] / 1e6, "tok_s": -row["decode_tokens_per_s"]["median"],
-                     "speed": row["decode_tokens_per_s"], "perplexity": s["perplexity"], "kl": s["kl"],
-                     "tokens": s["tokens"]})
-    on_front = {key: front([(r["label"], r[key], r["perplexity"]) for r in rows]) for key in ("size_mb", "tok_s")}
-    for r in rows:
-        r["tok_s"] = -r["tok_s"]
+    for label, row in bench["rows"].items():  # every file; quality only where it was scored
+        s = scores.get(label, {})
+        rows.append({"label": label, "size_mb": row["file_bytes"] / 1e6, "tok_s": row["decode_tokens_per_s"]["median"],
+                     "speed": row["decode_tokens_per_s"], "perplexity": s.get("perplexity"), "kl": s.get("kl"),
+                     "tokens": s.get("tokens")})
+    scored = [r for r in rows if r["perplexity"] is not None]
+    on_front = {"size_mb": front([(r["label"], r["size_mb"], r["perplexity"]) for r in scored]),
+                "tok_s": front([(r["label"], -r["tok_s"], r["perplexity"]) for r in scored])}
     rows.sort(key=lambda r: r["size_mb"])
-    names = plots(rows, on_front, machine, args.out)
+    names = plots([r for r in rows if r["perplexity"] is not None], on_front, machine, args.out)
     table = [[r["label"], f"{r['size_mb']:.1f}",
               f"{r['speed']['median']:.1f} ({r['speed']['min']:.1f}-{r['speed']['max']:.1f})",
-              f"{r['perplexity']:.3f}", f"{r['kl']:.4f}",
+              f"{r['perplexity']:.3f}" if r["perplexity"] else "not scored", f"{r['kl']:.4f}" if r["kl"] else "-",
               ("size " if r["label"] in on_front["size_mb"] else "") + ("speed" if r["label"] in on_front["tok_s"] else "")]
              for r in rows]
-    sims = [[label, f"{scores[label]['perplexity']:.3f}", f"{scores[label]['kl']:.4f}"] for label in SIMULATED if label in scores]
+    sims = [[label, f"{scores[label]['perplexity']:.3f}", f"{scores[label].get('kl') or 0:.4f}"]
+            for label in ("dense (PyTorch fp32)", *SIMULATED) if label in scores]
 
     gpu = gpu_rows(args.heal)
     size_of = {"plan0": next((r["size_mb"] for r in rows if r["label"] == "ours svd-llm-fc20 int4"), None),
@@ -186,24 +187,69 @@ def main() -> None:
                "runtime_bench": {"timestamp": bench["timestamp"], "command": bench["command"]},
                "rows": rows, "front": {k: sorted(v) for k, v in on_front.items()}, "simulated": {k: scores[k] for k in SIMULATED if k in scores},
                "gpu_full_text": gpu}
-    write_json(summary, str(results / "results.json"))
     header = ["file", "MB", "decode tok/s", "perplexity", "KL", "front"]
     text = text_table(header, table)
     (results / "results.txt").write_text(text + "\n")
     print(text)
-    page = render(args, bench, rows, table, sims, gpu_table, names, machine)
+    summary["verdict"] = verdict(gpu, size_of)
+    summary["ship"] = ship(rows, scores.get("dense (PyTorch fp32)", {}).get("perplexity"))
+    write_json(summary, str(results / "results.json"))
+    page = render(args, bench, rows, table, sims, gpu_table, names, machine, summary["ship"], summary["verdict"])
     (args.out / "RESULTS.md").write_text(page)
     say(f"wrote {args.out / 'RESULTS.md'}, {results / 'results.json'} and {len(names)} plots")
 
 
-def render(args, bench, rows, table, sims, gpu_table, names, machine) -> str:
-    tokens = rows[0]["tokens"] if rows else 0
+def verdict(gpu: list[dict], size_of: dict) -> list[str]:
+    """Whether a healed int4 model beats the dense model's int4, per text (full texts, simulated weights)."""
+    def find(run: str, text: str) -> dict | None:
+        return next((g for g in gpu if g["run"] == run and g["text"] == text and g["int4"]), None)
+
+    lines = []
+    for run in sorted({g["run"] for g in gpu if "heal" in g["run"]}):
+        for text, name in (("wikitext2", "WikiText-2 test"), ("alice", "Alice")):
+            mine, dense = find(run, text), find("dense", text)
+            if mine and dense and mine["perplexity"] == min(g["perplexity"] for g in gpu
+                                                            if g["text"] == text and g["int4"] and "heal" in g["run"]):
+                ahead = mine["perplexity"] < dense["perplexity"]
+                smaller = (size_of.get(run.split("-")[0]) or 0) < (size_of.get("dense") or 0)
+                lines.append(f"{name} ({mine['tokens']:,} tokens): the best healed int4 model, {run}, scores "
+                             f"{mine['perplexity']:.2f} against the dense model's int4 {dense['perplexity']:.2f}: "
+                             + ("**ahead, in a smaller file**" if ahead and smaller else "behind") + ".")
+    return lines
+
+
+def ship(rows: list[dict], dense: float | None) -> list[str]:
+    """One sentence per budget: the scored file with the lowest perplexity within it."""
+    scored = [r for r in rows if r["perplexity"] is not None]
+    out = []
+    for limit in (80, 100, 160):
+        fits = [r for r in scored if r["size_mb"] <= limit]
+        if fits:
+            best = min(fits, key=lambda r: r["perplexity"])
+            out.append(f"Under {limit} MB: **{best['label']}** ({best['size_mb']:.1f} MB, perplexity {best['perplexity']:.2f}, "
+                       f"{best['tok_s']:.1f} tok/s).")
+    if dense:
+        near = [r for r in scored if r["perplexity"] <= 1.05 * dense]
+        if near:
+            best = max(near, key=lambda r: r["tok_s"])
+            out.append(f"Fastest within +5% of dense ({dense:.2f}): **{best['label']}** ({best['tok_s']:.1f} tok/s).")
+        else:
+            out.append(f"Fastest within +5% of dense ({dense:.2f}): none of the scored files.")
+    return out
+
+
+def render(args, bench, rows, table, sims, gpu_table, names, machine, shipping, verdict_lines) -> str:
+    tokens = next((r["tokens"] for r in rows if r["tokens"]), 0)
     md = lambda header, body: "\n".join(["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]  # noqa: E731
                                         + ["| " + " | ".join(r) + " |" for r in body])
     return f"""# Results: which SmolLM2-135M file to ship
 
 Regenerate: `python benchmarks/runtime_bench.py && python benchmarks/pareto.py` (this host), after
 `benchmarks/run_gpu_heal_session.sh` on the GPU (docs/healing.md). Written {datetime.now(timezone.utc):%Y-%m-%d}.
+
+## Which file to ship (scored files only)
+
+{chr(10).join("- " + line for line in shipping)}
 
 ## 1. Every file through its own runtime ({machine})
 
@@ -230,6 +276,10 @@ Runs: plan0 = `--fc svd-llm --remove 0.2`; heal0 = `--data valid:0.5,generated=T
 heal1 = the same in float, heal2 = samples at T 0.8 / top-p 0.95 with `--quant int4` (docs/healing.md).
 
 {md(["model", "int4 MB", "WikiText-2 float", "WikiText-2 int4", "Alice float", "Alice int4"], gpu_table)}
+
+Is a compressed file ahead of plain quantization?
+
+{chr(10).join("- " + line for line in verdict_lines)}
 """
 
 
