@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 from exporters.onnx_builder.decoder import Decoder, Shape, rms_norm, skip_rms_norm
 from exporters.onnx_builder.graph import FLOAT, Graph, onnx_type
-from exporters.onnx_builder.modules import Vocabulary, array, dense_weight, emit_linear, is_dense_linear
+from exporters.onnx_builder.modules import Vocabulary, array, dense_weight, emit_linear, emit_linears, is_dense_linear
 from exporters.onnx_builder.weights import WeightFormat, linear
 
 
@@ -68,9 +68,8 @@ def build(g: Graph, model, fmt: WeightFormat) -> None:
         if qkv is not None:
             y = decoder.attention(i, qkv, None, None, rotary)
         else:
-            q = emit_linear(g, x, attn.q_proj, f"{name}.attn.q_proj", fmt, shape.hidden)
-            k = emit_linear(g, x, attn.k_proj, f"{name}.attn.k_proj", fmt, shape.hidden)
-            v = emit_linear(g, x, attn.v_proj, f"{name}.attn.v_proj", fmt, shape.hidden)
+            q, k, v = emit_linears(g, x, [attn.q_proj, attn.k_proj, attn.v_proj],
+                                   [f"{name}.attn.{p}_proj" for p in "qkv"], fmt, shape.hidden)
             y = decoder.attention(i, q, k, v, rotary)
         h = emit_linear(g, y, attn.o_proj, f"{name}.attn.o_proj", fmt, q_width)
         x, residual = skip_rms_norm(g, h, residual, array(layer.post_attention_layernorm.weight), eps,
@@ -87,8 +86,8 @@ def swiglu(g: Graph, x: str, mlp, name: str, fmt: WeightFormat, hidden: int, inn
         gate, up = g.op("Split", [both, g.const([inner_width, inner_width])],
                         f"{name}.mlp/Split", 2, axis=-1)
     else:
-        gate = emit_linear(g, x, mlp.gate_proj, f"{name}.mlp.gate_proj", fmt, hidden)
-        up = emit_linear(g, x, mlp.up_proj, f"{name}.mlp.up_proj", fmt, hidden)
+        gate, up = emit_linears(g, x, [mlp.gate_proj, mlp.up_proj], [f"{name}.mlp.gate_proj", f"{name}.mlp.up_proj"],
+                                fmt, hidden)
     silu = g.one("Mul", [gate, g.one("Sigmoid", [gate], f"{name}.mlp/Sigmoid")], f"{name}.mlp/silu")
     inner = g.one("Mul", [silu, up], f"{name}.mlp/gated")
     return emit_linear(g, inner, mlp.down_proj, f"{name}.mlp.down_proj", fmt, inner_width)

@@ -43,6 +43,25 @@ def emit_linear(g: Graph, x: str, module: nn.Module, name: str, fmt: WeightForma
     return traced(g, x, module, torch.zeros(1, 2, width), name, fmt)
 
 
+def emit_linears(g: Graph, x: str, modules: list[nn.Module], names: list[str], fmt: WeightFormat,
+                 width: int) -> list[str]:
+    """y_i = modules[i](x) for linears reading the same x. The first matmul of each dense or low-rank
+    one (a dense weight, or a low-rank `down`) goes into one MatMul(NBits) over their stacked rows, cut
+    by a Split; then each low-rank `up` follows. Exact: quantization blocks run along the input, so
+    stacking rows changes no code or scale. Saves MatMulNBits launches (q/k/v, gate/up)."""
+    if len(modules) < 2 or not all(is_dense_linear(m) or isinstance(m, LowRankLinear) for m in modules):
+        return [emit_linear(g, x, m, n, fmt, width) for m, n in zip(modules, names)]
+    firsts = [dense_weight(m) if is_dense_linear(m) else (array(m.down.weight), None) for m in modules]
+    sizes = [w.shape[0] for w, _ in firsts]
+    bias = None if all(b is None for _, b in firsts) else np.concatenate(
+        [b if b is not None else np.zeros(w.shape[0], np.float32) for w, b in firsts])
+    stacked_name = names[0].rsplit(".", 1)[0] + "." + "_".join(n.rsplit(".", 1)[1] for n in names) + ".first"
+    stacked = linear(g, x, np.concatenate([w for w, _ in firsts]), bias, stacked_name, fmt)
+    parts = g.op("Split", [stacked, g.const(sizes)], f"{stacked_name}/Split", len(modules), axis=-1)
+    return [part if is_dense_linear(m) else linear(g, part, array(m.up.weight), array(m.up.bias), f"{n}.up", fmt)
+            for part, m, n in zip(parts, modules, names)]
+
+
 def traced(g: Graph, x: str, module: nn.Module, example: torch.Tensor, name: str, fmt: WeightFormat) -> str:
     """`module` traced on its own; fp16 graphs cast its float input and output around it."""
     if fmt.dtype == np.float16 and example.is_floating_point():
