@@ -40,7 +40,7 @@ HEALS=${HEALS:-}            # `tensoredge heal` options per run, separated by |
 HEAL_ARGS=${HEAL_ARGS:-}    # options for every heal run
 GENS=${GENS:-}              # temperature:top-p per teacher-sample setting, separated by |
 GEN_TOKENS=${GEN_TOKENS:-8000000} GEN_LENGTH=${GEN_LENGTH:-480} GEN_PROMPT=${GEN_PROMPT:-32}
-GEN_BATCH=${GEN_BATCH:-1024}
+GEN_BATCH=${GEN_BATCH:-1024} GEN_PROMPTS=${GEN_PROMPTS:-valid}  # texts the prompts come from (valid, books)
 STAGES=${STAGES:-gen compress heal eval export}
 DEADLINE=${DEADLINE:-0} EVAL_RESERVE=${EVAL_RESERVE:-90}
 TRAIN_SECONDS=${TRAIN_SECONDS:-} PROBE_SECONDS=${PROBE_SECONDS:-45}  # set: each run's --steps is measured to last this long (stage heal)
@@ -87,7 +87,7 @@ if has gen; then
         temperature=${gens[$k]%%:*} top_p=${gens[$k]##*:}
         [ -f "$WORK/gen$k/samples.json" ] && continue
         $PY -m toolkit.cli heal-data generate --teacher "$WORK/dense" --tokens "$GEN_TOKENS" --length "$GEN_LENGTH" \
-            --prompt-length "$GEN_PROMPT" --temperature "$temperature" --top-p "$top_p" --batch "$GEN_BATCH" \
+            --prompt-length "$GEN_PROMPT" --prompts "$GEN_PROMPTS" --temperature "$temperature" --top-p "$top_p" --batch "$GEN_BATCH" \
             --seed "$k" --device "$DEVICE" --out "$WORK/gen$k" --json "$LOGS/gen$k.json" > "$LOGS/gen$k.log" 2>&1 &
         pids+=($!)
     done

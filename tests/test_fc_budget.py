@@ -15,13 +15,6 @@ from toolkit.counting import count_parameters
 from toolkit.errors import TensoredgeError
 
 
-@pytest.fixture(autouse=True)
-def few_calibration_tokens(monkeypatch):
-    from toolkit.compress import context
-
-    monkeypatch.setattr(context.Context, "calibration_tokens", 1024)
-
-
 def synthetic(out: int, inp: int, decay: float) -> Factorization:
     """A layer whose error at rank r is decay**r (fast decay: compressible; slow: sensitive)."""
     k = min(out, inp)
@@ -95,12 +88,46 @@ def test_cli_compress_with_a_budget_saves_a_reloadable_model(tmp_path):
     assert {m["fit"] for m in manifest["modules"].values()} == {"svd-llm"}
 
 
+def test_calibration_mixes_texts_in_equal_shares_and_changes_the_factors(tiny_gpt2):
+    from toolkit.compress.context import Context, check_calibration
+    from toolkit.data import text_ids
+
+    assert check_calibration("valid+books") == check_calibration("valid,books") == ("valid", "books")
+    mixed = Context(tiny_gpt2.model, tiny_gpt2.family, tiny_gpt2.tokenizer, calibration=("valid", "books"))
+    valid = Context(tiny_gpt2.model, tiny_gpt2.family, tiny_gpt2.tokenizer)
+    ids, half = mixed.calibration_ids(), mixed.calibration_tokens // 2
+    assert len(ids) == len(valid.calibration_ids()) == mixed.calibration_tokens
+    assert torch.equal(ids[:half], valid.calibration_ids()[:half])
+    assert ids[half:].tolist() == text_ids(tiny_gpt2.tokenizer, "books")[:half]
+
+    def factors(calibration: tuple[str, ...]) -> torch.Tensor:
+        import copy
+
+        model = copy.deepcopy(tiny_gpt2.model)
+        ctx = Context(model, tiny_gpt2.family, tiny_gpt2.tokenizer, calibration=calibration)
+        compress_budget_(model, tiny_gpt2.family, "svd-llm", 0.3, "uniform", ctx=ctx)
+        return torch.cat([p.detach().flatten() for p in model.parameters()])
+
+    assert not torch.allclose(factors(("valid",)), factors(("valid", "books")))
+
+
+def test_cli_compress_records_its_calibration_text(tmp_path):
+    done = tensoredge("compress", "--model", "tiny-gpt2", "--fc", "svd-llm", "--remove", "0.25", "--calibration",
+                      "valid,books", "--out", str(tmp_path / "m"), "--json", str(tmp_path / "r.json"))
+    assert done.returncode == 0, done.stderr
+    result = json.loads((tmp_path / "r.json").read_text())
+    assert result["plan"] == {"fc": "svd-llm:remove=0.25,alloc=surgical,calibration=valid+books"}
+    assert result["calibration"] == ["valid", "books"]
+
+
 @pytest.mark.parametrize("args,fragments", [
     (["--fc", "svd-llm"], ["exactly one of --remove"]),
     (["--remove", "0.2"], ["need --fc"]),
     (["--fc", "svd-llm", "--remove", "2"], ["between 0 and 1"]),
     (["--fc", "trawl", "--remove", "0.2"], ["no per-rank factorization"]),
     (["--fc", "svd-llm", "--remove", "0.2", "--mlp", "svd:ratio=2"], ["drop --mlp"]),
+    (["--fc", "svd-llm", "--remove", "0.2", "--calibration", "alice"], ["held out for evaluation"]),
+    (["--fc", "svd-llm", "--remove", "0.2", "--calibration", "valid,novels"], ["unknown text", "valid,books"]),
 ])
 def test_cli_budget_errors_are_one_line(args, fragments, tmp_path):
     assert_one_line_error(tensoredge("compress", "--model", "tiny-gpt2", *args, "--out", str(tmp_path / "x")),

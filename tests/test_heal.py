@@ -304,6 +304,18 @@ def test_heal_data_generate_cli(tmp_path, capsys):
     assert main([*args, "--json", str(tmp_path / "a.json")]) == 0
     info = json.loads((tmp_path / "a.json").read_text())
     assert info["samples"] == 4 and info["tokens"] == 60 and info["settings"]["temperature"] == 0.7
+    books = tmp_path / "books"
+    assert main([*args[:-1], str(books), "--prompts", "books", "--seed", "1"]) == 0
+    info = json.loads((books / "samples.json").read_text())
+    assert info["prompts"] == ["books"] and info["settings"]["prompts"] == ["books"]
+    books_text = " ".join(text("books").split())
+    from toolkit.checkpoint import open_model
+
+    tokenizer = open_model("tiny-gpt2").tokenizer
+    for row in load_samples(books, tokenizer):  # every prompt is a window of the books
+        assert " ".join(tokenizer.decode(row[:5].tolist()).split()) in books_text
+    assert main([*args[:-1], str(tmp_path / "x"), "--prompts", "alice"]) == 2
+    assert "held out for evaluation" in capsys.readouterr().err
     (tmp_path / "mine").mkdir()
     (tmp_path / "mine" / "notes.txt").write_text("keep me")
     assert main([*args[:-1], str(tmp_path / "mine")]) == 2

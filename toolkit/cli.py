@@ -102,6 +102,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--scope", choices=["fc", "all"], default="fc",
                    help="all: --remove counts every parameter, and the budget is split between the FC layers, "
                         "the embedding and the head by measured sensitivity (needs --alloc sensitivity)")
+    p.add_argument("--calibration", default="valid",
+                   help="text the calibrated methods (asvd, svd-llm, feature, sensitivity) read: valid "
+                        "(WikiText-2 valid), books (public-domain books) or valid,books in equal shares "
+                        "(default: %(default)s)")
     add_sensitivity(p)
     p.add_argument("--out", required=True, help="output folder")
     add_force(p)
@@ -214,7 +218,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tokens", type=int, required=True, help="tokens to generate in all, prompts included")
     p.add_argument("--length", type=int, default=480, help="sampled tokens per sample (default: %(default)s)")
     p.add_argument("--prompt-length", type=int, default=32,
-                   help="WikiText-2 valid tokens each sample starts from (default: %(default)s)")
+                   help="prompt tokens each sample starts from (default: %(default)s)")
+    p.add_argument("--prompts", default="valid",
+                   help="texts the prompts are drawn from: valid (WikiText-2 valid), books (public-domain books) "
+                        "or valid,books (default: %(default)s)")
     p.add_argument("--temperature", type=float, default=1.0, help="0: greedy (default: %(default)s)")
     p.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling threshold (default: %(default)s)")
     p.add_argument("--batch", type=int, default=64, help="samples generated together (default: %(default)s)")

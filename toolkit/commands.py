@@ -144,6 +144,7 @@ def compress(args: argparse.Namespace) -> dict:
     from toolkit.checkpoint import open_model, save_compressed
     from toolkit.cli import plan_of
     from toolkit.compress import compress_
+    from toolkit.compress.context import check_calibration
     from toolkit.counting import count_parameters
     from toolkit.errors import TensoredgeError
 
@@ -157,14 +158,18 @@ def compress(args: argparse.Namespace) -> dict:
     if args.scope == "all" and "embedding" in plan:
         raise TensoredgeError("--scope all chooses the embedding and head itself: drop --embedding")
     check_device(args.device)
+    calibration = check_calibration(args.calibration)
     loaded = open_model(args.model)
     before = count_parameters(loaded.model)
     start = time.time()
     if plan:
-        compress_(loaded.model, loaded.family, plan, tokenizer=loaded.tokenizer, progress=say, device=args.device)
+        compress_(loaded.model, loaded.family, plan, tokenizer=loaded.tokenizer, progress=say, device=args.device,
+                  calibration=calibration)
     allocation = None
     if budget:
-        allocation = run_fc_budget(loaded, args)
+        allocation = run_fc_budget(loaded, args, calibration)
+        if calibration != ("valid",):
+            budget += f",calibration={'+'.join(calibration)}"
         plan = plan | {"fc": budget} | allocation.get("plan", {})
         say(f"fc: {allocation['removed_of_fc']:.1%} of the MLP + attention parameters removed "
             f"({allocation['layers_dense']} of {allocation['layers']} layers left dense)")
@@ -175,7 +180,7 @@ def compress(args: argparse.Namespace) -> dict:
     save_compressed(loaded, plan, args.out)
     print(parameter_table(before, after))
     print(f"saved to {args.out} ({seconds:.1f} s to compress)")
-    return {"model": loaded.name, "plan": plan, "out": args.out, "seconds": seconds,
+    return {"model": loaded.name, "plan": plan, "calibration": list(calibration), "out": args.out, "seconds": seconds,
             "parameters_before": before, "parameters_after": after, "fc_budget": allocation}
 
 
@@ -195,22 +200,26 @@ def fc_budget(args: argparse.Namespace) -> str | None:
     return f"{args.fc}:{goal},alloc={args.alloc}" + (",scope=all" if args.scope == "all" else "")
 
 
-def run_fc_budget(loaded, args: argparse.Namespace) -> dict:
+def run_fc_budget(loaded, args: argparse.Namespace, calibration: tuple[str, ...] = ("valid",)) -> dict:
     from toolkit.compress.budget import compress_budget_, compress_to_perplexity_
+    from toolkit.compress.context import Context
     from toolkit.compress.sensitivity import SensitivityConfig
 
     sensitivity = SensitivityConfig(tokens=args.sensitivity_tokens)
+    ctx = Context(loaded.model, loaded.family, loaded.tokenizer, device=args.device, calibration=calibration)
     if args.scope == "all":
         from toolkit.compress.whole_model import WholeModelConfig, compress_whole_
 
         return compress_whole_(loaded.model, loaded.family, args.fc, args.remove, tokenizer=loaded.tokenizer,
-                               progress=say, device=args.device, config=WholeModelConfig(sensitivity=sensitivity))
+                               progress=say, device=args.device, config=WholeModelConfig(sensitivity=sensitivity),
+                               ctx=ctx)
     if args.remove is not None:
         return compress_budget_(loaded.model, loaded.family, args.fc, args.remove, args.alloc,
-                                tokenizer=loaded.tokenizer, progress=say, device=args.device, sensitivity=sensitivity)
+                                tokenizer=loaded.tokenizer, progress=say, device=args.device, sensitivity=sensitivity,
+                                ctx=ctx)
     return compress_to_perplexity_(loaded.model, loaded.family, args.fc, args.max_ppl_increase, args.alloc,
                                    tokenizer=loaded.tokenizer, progress=say, device=args.device,
-                                   sensitivity=sensitivity)
+                                   sensitivity=sensitivity, ctx=ctx)
 
 
 def split_table(allocation: dict) -> str:
@@ -424,7 +433,8 @@ def heal_data(args: argparse.Namespace) -> dict:
 
     check_device(args.device)
     settings = SampleSettings(tokens=args.tokens, length=args.length, prompt_length=args.prompt_length,
-                              temperature=args.temperature, top_p=args.top_p, batch=args.batch, seed=args.seed)
+                              temperature=args.temperature, top_p=args.top_p, batch=args.batch, seed=args.seed,
+                              prompts=tuple(p.strip() for p in args.prompts.split(",")))
     info = generate_cache(args.teacher, args.out, settings, device=args.device, progress=say)
     print(f"{info['samples']:,} samples of {info['sample_tokens']} tokens ({info['tokens']:,} tokens) saved to "
           f"{args.out} in {info['seconds']:.0f} s")

@@ -123,6 +123,7 @@ def check_compress(args: argparse.Namespace) -> None:
     """The plan and the --fc budget, and that the model is not already a compressed folder."""
     from toolkit.compress import check_plan
     from toolkit.compress.budget import check_budget
+    from toolkit.compress.context import check_calibration
 
     if (Path(args.model) / "manifest.json").is_file():  # already compressed: refuse compressing it again
         from toolkit.checkpoint import read_manifest
@@ -133,6 +134,7 @@ def check_compress(args: argparse.Namespace) -> None:
             raise TensoredgeError(f"{args.model} is already compressed ({plan}): compress its base model "
                                   f"'{manifest['base_model']}' with one combined plan instead")
     check_plan(plan_of(args))
+    check_calibration(args.calibration)
     if args.fc is not None:
         for name in ("remove", "max_ppl_increase"):
             value = getattr(args, name)

@@ -22,14 +22,14 @@ Plan = dict[str, str]
 
 
 def compress_(model: nn.Module, family: str, plan: Plan, tokenizer=None, progress=None,
-              device: str = "cpu") -> None:
+              device: str = "cpu", calibration: tuple[str, ...] = ("valid",)) -> None:
     """Replace every layer named by `plan` with its factorized form, in place.
 
-    `tokenizer` is needed by methods that read calibration text (WikiText-2 valid); `device` is
-    where that calibration pass runs.
+    `tokenizer` is needed by methods that read calibration text (`calibration`: WikiText-2 valid
+    and/or books, in equal shares); `device` is where that calibration pass runs.
     """
     specs = check_plan(plan)
-    ctx = Context(model, family, tokenizer, device=device)
+    ctx = Context(model, family, tokenizer, device=device, calibration=calibration)
     for target, spec in specs.items():
         method = get_method(spec.method, KIND[target])
         paths = find_targets(model, family, target)

@@ -323,7 +323,8 @@ def calibration_nll(model: nn.Module, ids: torch.Tensor, length: int) -> float:
 def compress_to_perplexity_(model: nn.Module, family: str, method: str, max_increase: float,
                             how: str = "surgical", targets: tuple[str, ...] = ("mlp", "attention"),
                             tokenizer=None, progress=None, steps: int = 6, held_out: int = 2048,
-                            device: str = "cpu", sensitivity: SensitivityConfig | None = None) -> dict:
+                            device: str = "cpu", sensitivity: SensitivityConfig | None = None,
+                            ctx: Context | None = None) -> dict:
     """The largest removal (bisected, `steps` times) whose perplexity on held-out WikiText-2 *valid*
     tokens (after the calibration tokens) rises by at most `max_increase` (0.4 = +40%)."""
     if max_increase <= 0:
@@ -334,7 +335,7 @@ def compress_to_perplexity_(model: nn.Module, family: str, method: str, max_incr
                               "uniform there (refined measures the model again for each)")
     from toolkit.compress.context import valid_ids
 
-    ctx = Context(model, family, tokenizer, device=device)
+    ctx = ctx or Context(model, family, tokenizer, device=device)
     facts = factorize_fc(ctx, method, targets, progress)
     measured = fc_profile(ctx, method, facts, sensitivity, progress) if how == "sensitivity" else None
     valid = valid_ids(tokenizer)

@@ -1,6 +1,7 @@
 """What a method may need beyond the layer itself: the model, its tokenizer, calibration text.
 
-Calibration text is WikiText-2 *valid*, never test (test is for perplexity only).
+Calibration text is WikiText-2 *valid* by default, or a mix of the distillation texts (`valid`,
+`books`) in equal shares; never a held-out text (those are for perplexity only).
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn as nn
 
+from toolkit.data import text_ids
 from toolkit.errors import TensoredgeError
 
 
@@ -23,15 +25,37 @@ class Context:
     calibration_tokens: int = 16384
     device: str = "cpu"  # where the calibration pass runs (factorizations stay on the CPU)
     cache: dict = field(default_factory=dict)  # methods share expensive results here (e.g. activations)
+    calibration: tuple[str, ...] = ("valid",)  # distillation texts, in equal shares (check_calibration)
 
     def calibration_ids(self) -> torch.Tensor:
-        """The first `calibration_tokens` token ids of WikiText-2 valid, as a 1-D tensor."""
+        """`calibration_tokens` token ids, 1-D: the first tokens of each calibration text, in equal shares."""
         if "ids" not in self.cache:
             if self.tokenizer is None:
                 raise TensoredgeError("this method needs calibration text, so a tokenizer: "
                                       "load the model with toolkit's load_model, which provides one")
-            self.cache["ids"] = valid_ids(self.tokenizer)[: self.calibration_tokens]
+            share = self.calibration_tokens // len(self.calibration)
+            parts = [valid_ids(self.tokenizer)[:share] if name == "valid" else
+                     torch.tensor(text_ids(self.tokenizer, name)[:share], dtype=torch.long)
+                     for name in self.calibration]
+            self.cache["ids"] = torch.cat(parts)[: self.calibration_tokens]
         return self.cache["ids"]
+
+
+def check_calibration(names: str | tuple[str, ...]) -> tuple[str, ...]:
+    """`valid`, `books` or `valid,books` (also `valid+books`) -> names; a held-out text is refused."""
+    from toolkit.data import EVAL_TEXTS, TRAIN_TEXTS
+
+    parts = tuple(n.strip() for n in (names.replace("+", ",").split(",") if isinstance(names, str) else names))
+    for name in parts:
+        if name in EVAL_TEXTS:
+            raise TensoredgeError(f"--calibration {name}: {name} is held out for evaluation; "
+                                  f"calibrate on {', '.join(TRAIN_TEXTS)}")
+        if name not in TRAIN_TEXTS:
+            raise TensoredgeError(f"--calibration {name!r}: unknown text; choose from {', '.join(TRAIN_TEXTS)}, "
+                                  "e.g. --calibration valid,books")
+    if not parts or len(set(parts)) != len(parts):
+        raise TensoredgeError(f"--calibration {names!r}: name each text once, e.g. --calibration valid,books")
+    return parts
 
 
 _VALID: list[tuple[object, torch.Tensor]] = []  # (tokenizer, its WikiText-2 valid ids): tokenized once

@@ -1,6 +1,6 @@
 """The teacher's own samples as distillation text, cached on disk as token ids.
 
-Prompts are windows of WikiText-2 valid; the teacher continues each with `length` sampled tokens
+Prompts are windows of WikiText-2 valid (or of the books, or both: `prompts`); the teacher continues each with `length` sampled tokens
 (temperature, top-p; special tokens are never sampled, so a sample does not end early), a batch of
 prompts at a time. Batch b draws its prompts and its sampling noise from generators seeded by
 (seed, b), so the same settings on the same device give the same tokens.
@@ -32,7 +32,8 @@ IDS, INFO = "samples.safetensors", "samples.json"
 class SampleSettings:
     tokens: int  # at least this many tokens in all (prompts included)
     length: int = 480  # sampled tokens per sample
-    prompt_length: int = 32  # WikiText-2 valid tokens each sample starts from
+    prompt_length: int = 32  # tokens of the prompt text each sample starts from
+    prompts: tuple[str, ...] = ("valid",)  # distillation texts the prompts are drawn from (joined)
     temperature: float = 1.0  # 0: greedy
     top_p: float = 1.0
     batch: int = 64  # samples generated together
@@ -45,6 +46,15 @@ class SampleSettings:
             raise TensoredgeError(f"--temperature {self.temperature}: give 0 (greedy) or a positive number")
         if not 0 < self.top_p <= 1:
             raise TensoredgeError(f"--top-p {self.top_p}: give a number in (0, 1]")
+        from toolkit.data import EVAL_TEXTS, TRAIN_TEXTS
+
+        for name in self.prompts:
+            if name not in TRAIN_TEXTS:
+                held = " is held out for evaluation" if name in EVAL_TEXTS else ": unknown text"
+                raise TensoredgeError(f"--prompts {name}{held}; draw prompts from {', '.join(TRAIN_TEXTS)}, "
+                                      "e.g. --prompts valid,books")
+        if not self.prompts or len(set(self.prompts)) != len(self.prompts):
+            raise TensoredgeError("--prompts: name each text once, e.g. --prompts valid,books")
 
     @property
     def samples(self) -> int:
@@ -124,7 +134,7 @@ def save_samples(out_dir: str | Path, ids: torch.Tensor, settings: SampleSetting
     ids = ids.to(torch.int32).contiguous()
     info = {"format": FORMAT, "teacher": teacher, "settings": asdict(settings), "samples": ids.shape[0],
             "sample_tokens": ids.shape[1], "tokens": ids.numel(), "vocab_size": len(tokenizer),
-            "tokenizer_sha256": tokenizer_fingerprint(tokenizer), "prompts": "WikiText-2 valid",
+            "tokenizer_sha256": tokenizer_fingerprint(tokenizer), "prompts": list(settings.prompts),
             "suppressed": "special tokens", "ids_sha256": hashlib.sha256(ids.numpy().tobytes()).hexdigest(),
             "seconds": seconds}
     with atomic_path(out_dir, directory=True, kind="samples") as tmp:
@@ -174,7 +184,7 @@ def load_samples(folder: str | Path, tokenizer) -> torch.Tensor:
 
 def generate_cache(teacher_ref: str, out_dir: str | Path, settings: SampleSettings, device: str = "cpu",
                    progress: Callable[[str], None] | None = None) -> dict:
-    """Generate the teacher's samples (prompts from WikiText-2 valid) and save them in `out_dir`,
+    """Generate the teacher's samples (prompts from `settings.prompts`) and save them in `out_dir`,
     which must be new, empty, or an earlier samples folder (replaced); returns its samples.json."""
     from toolkit.checkpoint import open_model
     from toolkit.data import text_ids
@@ -188,7 +198,8 @@ def generate_cache(teacher_ref: str, out_dir: str | Path, settings: SampleSettin
             read_info(out)  # an earlier samples folder (replaced), or a one-line error
     say = progress or (lambda _msg: None)
     teacher = open_model(teacher_ref)
-    prompts_from = torch.tensor(text_ids(teacher.tokenizer, "valid"), dtype=torch.long)
+    prompts_from = torch.tensor([i for name in settings.prompts for i in text_ids(teacher.tokenizer, name)],
+                                dtype=torch.long)
     say(f"sampling {settings.samples:,} continuations of {settings.length} tokens from {teacher.name} "
         f"(temperature {settings.temperature:g}, top-p {settings.top_p:g}, seed {settings.seed}) on {device}")
     began = time.time()
