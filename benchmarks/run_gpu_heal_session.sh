@@ -38,7 +38,11 @@ torch.cuda.get_device_name(0))" ;;
    STAGES=export EXPORTS=$SHIP OUT=$OUT/heal benchmarks/gpu_heal.sh
    cat "$OUT/heal/summary.txt"
    OUT=$OUT/heal benchmarks/gpu_ship.sh "$WORK/onnx-$SHIP" 1 3 ;;
-5) STAGES=eval OUT=$OUT/heal benchmarks/gpu_heal.sh || true
-   cat "$OUT/heal/summary.txt"
-   OUT=$OUT/heal benchmarks/gpu_ship.sh "$WORK/onnx-$SHIP" 4 4 ;;
+5) F=$WORK/onnx-$SHIP S=/tmp/ship-src/onnx-$SHIP; ls -la "$F"; rm -rf /tmp/ship "$S"; mkdir -p "$S" "$OUT/heal"
+   find "$F" -maxdepth 1 -type f \( -name 'model_int4.onnx' -o -size -8M \) -exec cp {} "$S/" \;
+   OUT=$OUT/heal benchmarks/gpu_ship.sh "$S" 1 4
+   STAGES=eval OUT=$OUT/heal timeout 400 benchmarks/gpu_heal.sh || true
+   cat "$OUT/heal/summary.txt" ;;
+6) STAGES=none OUT=$OUT/heal benchmarks/gpu_heal.sh || true
+   OUT=$OUT/heal benchmarks/gpu_ship.sh "/tmp/ship-src/onnx-$SHIP" 5 4 ;;
 esac

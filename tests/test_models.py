@@ -47,6 +47,21 @@ def test_gguf_file_loads_back_with_the_same_logits(tiny_gpt2, tmp_path):
     torch.testing.assert_close(logits(loaded.model), logits(tiny_gpt2.model), atol=1e-4, rtol=1e-4)
 
 
+def test_a_model_read_from_a_gguf_saves_only_its_tokenizer_json_beside_it(tiny_llama, tmp_path):
+    """The tokenizer of a GGUF names the GGUF as its vocabulary; the legacy save copied it (with
+    sentencepiece installed, as in the test extras) into every folder as tokenizer.model."""
+    from exporters.gguf import export_gguf
+    from toolkit.checkpoint import open_model, save_compressed
+
+    export_gguf(tiny_llama, tmp_path / "tiny.gguf", "f32")
+    from_gguf = load_model(str(tmp_path / "tiny.gguf"))
+    save_compressed(from_gguf, {}, tmp_path / "dense")
+    assert not (tmp_path / "dense" / "tokenizer.model").exists()
+    assert (tmp_path / "dense" / "tokenizer.json").is_file()
+    text = "Tensor trains, on a board."
+    assert open_model(str(tmp_path / "dense")).tokenizer(text)["input_ids"] == from_gguf.tokenizer(text)["input_ids"]
+
+
 @pytest.mark.parametrize("ref,expected", [
     ("no-such-model-xyz", "unknown model 'no-such-model-xyz'"),
     ("./missing/dir", "not found"),
