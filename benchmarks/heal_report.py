@@ -1,12 +1,15 @@
 """Tables and curves for docs/healing.md from what benchmarks/gpu_heal.sh brought back.
 
     python benchmarks/heal_report.py RESULTS/heal-results.tar.gz [--doc docs/healing.md] [--gpu "NVIDIA H200"]
+        [--name SESSION]
 
 Reads the tarball (or a folder it was unpacked into): each run's heal.json and options, and the
 eval JSON of the dense model, every plan unhealed and every healed model on the full WikiText-2
 test set and the full second held-out text. Writes docs/healing-results.json, one PNG of held-out
 perplexity against tokens seen per text (docs/healing-curves-<text>.png), and replaces the part of
-docs/healing.md between `<!-- results:begin -->` and `<!-- results:end -->` with the tables.
+docs/healing.md between `<!-- results:begin -->` and `<!-- results:end -->` with the tables. With
+--name S, one session among several: `<!-- results:S:begin -->`, healing-results-S.json and
+healing-curves-S-<text>.png.
 """
 
 from __future__ import annotations
@@ -126,7 +129,7 @@ def tables(summary: dict, gpu: str | None) -> str:
     return "\n".join(lines)
 
 
-def plot(summary: dict, out_dir: Path) -> list[Path]:
+def plot(summary: dict, out_dir: Path, stem: str = "healing-curves") -> list[Path]:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -153,7 +156,7 @@ def plot(summary: dict, out_dir: Path) -> list[Path]:
         ax.set_title(f"Healing: held-out perplexity on {title} against tokens seen")
         ax.legend(fontsize=6)
         ax.grid(alpha=0.3)
-        path = out_dir / f"healing-curves-{text}.png"
+        path = out_dir / f"{stem}-{text}.png"
         fig.tight_layout()
         fig.savefig(path, dpi=120)
         plt.close(fig)
@@ -167,18 +170,22 @@ def main() -> None:
     parser.add_argument("--doc", type=Path, default=Path("docs/healing.md"))
     parser.add_argument("--gpu", help="the GPU the runs used, for the text (e.g. 'NVIDIA H200')")
     parser.add_argument("--quant", default="int4", help="QUANT_EVAL of the runs (default: %(default)s)")
+    parser.add_argument("--name", help="the session's name, when the doc holds several")
     args = parser.parse_args()
     summary = collect(unpack(args.results), args.quant)
-    out_dir = args.doc.parent
-    (out_dir / "healing-results.json").write_text(json.dumps(summary, indent=2) + "\n")
-    pictures = plot(summary, out_dir)
+    out_dir, suffix = args.doc.parent, f"-{args.name}" if args.name else ""
+    begin, end = (BEGIN, END) if not args.name else (f"<!-- results:{args.name}:begin -->",
+                                                       f"<!-- results:{args.name}:end -->")
+    results = out_dir / f"healing-results{suffix}.json"
+    results.write_text(json.dumps(summary, indent=2) + "\n")
+    pictures = plot(summary, out_dir, f"healing-curves{suffix}")
     section = tables(summary, args.gpu) + "\n\n" + "\n".join(f"![{p.stem}]({p.name})" for p in pictures)
     doc = args.doc.read_text()
-    if BEGIN not in doc or END not in doc:
-        raise SystemExit(f"{args.doc} has no {BEGIN} ... {END} section to fill")
-    doc = re.sub(re.escape(BEGIN) + ".*?" + re.escape(END), lambda _m: f"{BEGIN}\n{section}\n{END}", doc, flags=re.S)
+    if begin not in doc or end not in doc:
+        raise SystemExit(f"{args.doc} has no {begin} ... {end} section to fill")
+    doc = re.sub(re.escape(begin) + ".*?" + re.escape(end), lambda _m: f"{begin}\n{section}\n{end}", doc, flags=re.S)
     args.doc.write_text(doc)
-    print(f"wrote {args.doc}, {out_dir / 'healing-results.json'} and {len(pictures)} plot(s)")
+    print(f"wrote {args.doc}, {results} and {len(pictures)} plot(s)")
 
 
 if __name__ == "__main__":

@@ -3,6 +3,8 @@
     python benchmarks/runtime_bench.py      # first: the files, their sizes and decode speed on this host
     python benchmarks/pareto.py             # scores the files through their runtimes, writes docs/RESULTS.md
     python benchmarks/pareto.py --reuse     # only rebuild the page from the scores already measured
+    python benchmarks/pareto.py --merge --text alice --rows "ours dense int4" ...
+                                            # score some rows (on a text) and keep the other scores
 
 Two tables, because two kinds of evidence exist:
 
@@ -12,11 +14,12 @@ Two tables, because two kinds of evidence exist:
    benchmarks/runtime_bench.py run (interleaved rounds, this host). The Pareto front is marked for
    size x perplexity and tok/s x perplexity. Beside them, PyTorch with the int4 weights simulated
    (`eval --fake-quant`) on the same tokens shows how far simulation is from the runtime.
+   A second held-out text (Alice, --text alice) is scored the same way, for the rows asked.
 2. **Healed models, full texts, GPU**: the healing runs of benchmarks/run_gpu_heal_session.sh
    (benchmarks/results/heal-*/logs), scored by PyTorch on the H200 on all 312,144 WikiText-2 test
-   tokens and all 39,357 Alice tokens, int4 weights simulated bit-exactly. The healed files could
-   not be brought back from the GPU machine, so their size and speed are those of the same plan's
-   int4 file measured here: healing changes weight values, never shapes.
+   tokens and all 39,357 Alice tokens, int4 weights simulated bit-exactly. The int4 file of the run
+   that session exported comes back in pieces and is a row of table 1 (--bench takes its
+   runtime_bench.json beside the main one).
 """
 
 from __future__ import annotations
@@ -41,9 +44,9 @@ SIMULATED = {"PyTorch dense, int4 simulated": "dense", "PyTorch svd-llm-fc20, in
 COMPRESSED = ("svd-llm",)  # labels of compressed rows; everything else is plain quantization of the dense model
 
 
-def score(args: argparse.Namespace, bench: dict, work: Path) -> dict:
+def score(args: argparse.Namespace, bench: dict) -> dict:
     """Perplexity, KL and top-1 agreement of each row of --rows, each through its own runtime, on the same
-    windows in one pass (the dense reference runs once per window)."""
+    windows of --text in one pass (the dense reference runs once per window)."""
     import torch
 
     from device_bench.onnx_lm import OnnxCausalLM
@@ -54,7 +57,7 @@ def score(args: argparse.Namespace, bench: dict, work: Path) -> dict:
 
     torch.set_num_threads(args.threads)
     dense = load_model("smollm2-135m")
-    windows, setup = text_windows(dense.tokenizer, "wikitext2", args.tokens, args.context, args.context // 2)
+    windows, setup = text_windows(dense.tokenizer, args.text, args.tokens, args.context, args.context // 2)
     candidates, simulated = {}, []
     for label in args.rows:
         if label in SIMULATED:  # a copy of its own: the reference stays float
@@ -62,12 +65,13 @@ def score(args: argparse.Namespace, bench: dict, work: Path) -> dict:
             candidates[label] = (load_model("smollm2-135m") if name == "dense"
                                  else open_model(str(Path(args.work) / name))).model
             simulated.append(quant_aware(candidates[label], 4, 32))
-        elif (row := bench["rows"].get(label)) is None:
-            raise SystemExit(f"error: {label} is not a row of {args.bench}: choose from {', '.join(bench['rows'])}")
-        elif row["file"].endswith(".gguf"):
-            candidates[label] = LlamaCppLogits(row["file"], context=args.context, threads=args.threads)
+        elif (file := row_file(label, bench, Path(args.work))) is None:
+            raise SystemExit(f"error: {label} is not a row of {args.bench} nor an export in {args.work}: "
+                             f"choose from {', '.join(bench['rows'])}")
+        elif file.endswith(".gguf"):
+            candidates[label] = LlamaCppLogits(file, context=args.context, threads=args.threads)
         else:
-            candidates[label] = OnnxLogits(OnnxCausalLM(row["file"], threads=args.threads))
+            candidates[label] = OnnxLogits(OnnxCausalLM(file, threads=args.threads))
     say(f"scoring {len(candidates)} files on {setup['tokens']:,} tokens ({len(windows)} windows), each through its runtime")
     with ExitStack() as stack:
         for scope in simulated:
@@ -75,8 +79,40 @@ def score(args: argparse.Namespace, bench: dict, work: Path) -> dict:
         result = compare(dense.model, candidates, windows, progress=say)
     scores = {label: result[label] | {"tokens": setup["tokens"], "context": args.context} for label in candidates}
     scores["dense (PyTorch fp32)"] = result["reference"] | {"tokens": setup["tokens"], "context": args.context}
-    write_json(scores, str(work / "scores.json"))
     return scores
+
+
+def row_file(label: str, bench: dict, work: Path) -> str | None:
+    """The file of a runtime-bench row, or of an export in runtime_bench's layout not timed yet
+    ("ours NAME PRECISION" -> WORK/ours-NAME/model_PRECISION.onnx)."""
+    if label in bench["rows"]:
+        return bench["rows"][label]["file"]
+    parts = label.split()
+    if len(parts) == 3 and parts[0] == "ours" and (work / f"ours-{parts[1]}" / f"model_{parts[2]}.onnx").is_file():
+        return str(work / f"ours-{parts[1]}" / f"model_{parts[2]}.onnx")
+    return None
+
+
+def read_scores(path: Path) -> dict[str, dict]:
+    """scores.json as {text: {label: scores}} (an older flat file holds WikiText-2 test scores)."""
+    if not path.is_file():
+        return {}
+    scores = {k: v for k, v in json.loads(path.read_text()).items() if isinstance(v, dict)}  # not written_by
+    if not set(scores) <= {"wikitext2", "alice"}:
+        scores = {"wikitext2": scores}
+    return {text: {k: v for k, v in rows.items() if isinstance(v, dict)} for text, rows in scores.items()}
+
+
+def read_benches(paths: list[Path]) -> dict:
+    """The first runtime_bench.json, with the rows of the others added (each row keeps its run's time)."""
+    bench = json.loads(paths[0].read_text())
+    for row in bench["rows"].values():
+        row["run"] = bench["timestamp"]
+    for path in paths[1:]:
+        extra = json.loads(path.read_text())
+        for label, row in extra["rows"].items():
+            bench["rows"].setdefault(label, row | {"run": extra["timestamp"]})
+    return bench
 
 
 def front(points: list[tuple[str, float, float]]) -> set[str]:
@@ -132,66 +168,82 @@ def plots(rows: list[dict], on_front: dict[str, set], machine: str, out: Path) -
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--bench", type=Path, default=REPO / "benchmarks/results/runtime/smollm2-135m/runtime_bench.json")
-    p.add_argument("--heal", type=Path, default=REPO / "benchmarks/results/heal-2026-12-01-h200")
+    healed_bench = REPO / "benchmarks/results/runtime-healed/smollm2-135m/runtime_bench.json"
+    p.add_argument("--bench", type=Path, nargs="+",
+                   default=[REPO / "benchmarks/results/runtime/smollm2-135m/runtime_bench.json"]
+                   + ([healed_bench] if healed_bench.is_file() else []),
+                   help="runtime_bench.json files: the first one's rows, plus rows only the others have")
+    p.add_argument("--heal", type=Path, default=REPO / "benchmarks/results/heal-2026-12-01-h200-books")
     p.add_argument("--work", default="/tmp/tensoredge-runtime-bench/smollm2-135m", help="runtime_bench's files")
-    p.add_argument("--tokens", type=int, default=32768, help="WikiText-2 test tokens each file is scored on")
+    p.add_argument("--text", choices=("wikitext2", "alice"), default="wikitext2", help="held-out text to score on")
+    p.add_argument("--tokens", type=int, default=32768, help="tokens of the text each file is scored on")
     p.add_argument("--context", type=int, default=1024)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--rows", nargs="+", default=DEFAULT_ROWS, metavar="LABEL",
                    help="runtime-bench rows (and PyTorch simulations) to score (default: %(default)s)")
     p.add_argument("--reuse", action="store_true", help="use benchmarks/results/pareto/scores.json as it is")
+    p.add_argument("--merge", action="store_true", help="keep the scores of rows not scored now (same text, tokens)")
     p.add_argument("--out", type=Path, default=REPO / "docs", help="where RESULTS.md and its plots go")
     p.add_argument("--results", type=Path, default=REPO / "benchmarks/results/pareto", help="scores.json, results.json")
     args = p.parse_args()
-    bench = json.loads(args.bench.read_text())
+    bench = read_benches(args.bench)
     results = args.results
     results.mkdir(parents=True, exist_ok=True)
-    scores = json.loads((results / "scores.json").read_text()) if args.reuse else score(args, bench, results)
+    every = read_scores(results / "scores.json")
+    if not args.reuse:
+        earlier = every.get(args.text, {}) if args.merge else {}
+        if any(s["tokens"] != min(args.tokens, s["tokens"]) or s["context"] != args.context for s in earlier.values()):
+            raise SystemExit(f"error: --merge: the {args.text} scores on record used other tokens or context; score all rows")
+        every[args.text] = earlier | score(args, bench)
+        write_json(every, str(results / "scores.json"))
+    scores, second = every.get("wikitext2", {}), every.get("alice", {})
     machine = f"{bench['machine']['cpu_model']}, {bench['settings']['threads']} threads"
 
     rows = []
     for label, row in bench["rows"].items():  # every file; quality only where it was scored
         s = scores.get(label, {})
         rows.append({"label": label, "size_mb": row["file_bytes"] / 1e6, "tok_s": row["decode_tokens_per_s"]["median"],
-                     "speed": row["decode_tokens_per_s"], "perplexity": s.get("perplexity"), "kl": s.get("kl"),
-                     "tokens": s.get("tokens")})
+                     "speed": row["decode_tokens_per_s"], "run": row["run"], "perplexity": s.get("perplexity"),
+                     "kl": s.get("kl"), "tokens": s.get("tokens"), "alice": second.get(label, {}).get("perplexity")})
     scored = [r for r in rows if r["perplexity"] is not None]
     on_front = {"size_mb": front([(r["label"], r["size_mb"], r["perplexity"]) for r in scored]),
                 "tok_s": front([(r["label"], -r["tok_s"], r["perplexity"]) for r in scored])}
     rows.sort(key=lambda r: r["size_mb"])
     names = plots([r for r in rows if r["perplexity"] is not None], on_front, machine, args.out)
     table = [[r["label"], f"{r['size_mb']:.1f}",
-              f"{r['speed']['median']:.1f} ({r['speed']['min']:.1f}-{r['speed']['max']:.1f})",
+              f"{r['speed']['median']:.1f} ({r['speed']['min']:.1f}-{r['speed']['max']:.1f})"
+              + ("" if r["run"] == bench["timestamp"] else " *"),
               f"{r['perplexity']:.3f}" if r["perplexity"] else "not scored", f"{r['kl']:.4f}" if r["kl"] else "-",
+              f"{r['alice']:.3f}" if r["alice"] else "-",
               ("size " if r["label"] in on_front["size_mb"] else "") + ("speed" if r["label"] in on_front["tok_s"] else "")]
              for r in rows]
-    sims = [[label, f"{scores[label]['perplexity']:.3f}", f"{scores[label].get('kl') or 0:.4f}"]
+    sims = [[label, f"{scores[label]['perplexity']:.3f}", f"{scores[label].get('kl') or 0:.4f}",
+             f"{second[label]['perplexity']:.3f}" if label in second else "-"]
             for label in ("dense (PyTorch fp32)", *SIMULATED) if label in scores]
 
     gpu = gpu_rows(args.heal)
+    plans = heal_plans(args.heal)
     size_of = {"plan0": next((r["size_mb"] for r in rows if r["label"] == "ours svd-llm-fc20 int4"), None),
                "dense": next((r["size_mb"] for r in rows if r["label"] == "ours dense int4"), None)}
     gpu_table = []
-    for run in ("dense", "plan0", "plan0-heal0", "plan0-heal1", "plan0-heal2"):
+    for run in ["dense", *sorted({g["run"] for g in gpu} - {"dense"})]:
         cells = {(g["text"], g["int4"]): g for g in gpu if g["run"] == run}
-        if not cells:
-            continue
         size = size_of.get(run.split("-")[0])
-        gpu_table.append([run, f"{size:.1f}" if size else "-"] + [
+        gpu_table.append([run, plans.get(run, "dense model"), f"{size:.1f}" if size else "-"] + [
             f"{cells[(t, q)]['perplexity']:.3f} ({cells[(t, q)]['perplexity'] / cells[(t, q)]['reference'] - 1:+.1%})"
             if (t, q) in cells else "-" for t in ("wikitext2", "alice") for q in (False, True)])
 
-    summary = {"schema": "tensoredge.results/1", "timestamp": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    summary = {"schema": "tensoredge.results/2", "timestamp": datetime.now(timezone.utc).isoformat(timespec="seconds"),
                "command": "python benchmarks/pareto.py " + " ".join(sys.argv[1:]), "machine": bench["machine"],
                "runtime_bench": {"timestamp": bench["timestamp"], "command": bench["command"]},
-               "rows": rows, "front": {k: sorted(v) for k, v in on_front.items()}, "simulated": {k: scores[k] for k in SIMULATED if k in scores},
-               "gpu_full_text": gpu}
-    header = ["file", "MB", "decode tok/s", "perplexity", "KL", "front"]
+               "rows": rows, "front": {k: sorted(v) for k, v in on_front.items()},
+               "simulated": {k: scores[k] for k in SIMULATED if k in scores},
+               "second_text": second, "gpu_full_text": gpu, "heal_runs": plans}
+    header = ["file", "MB", "decode tok/s", "perplexity", "KL", "Alice", "front"]
     text = text_table(header, table)
     (results / "results.txt").write_text(text + "\n")
     print(text)
-    summary["verdict"] = verdict(gpu, size_of) + bridge(scores, rows)
+    summary["verdict"] = verdict(rows, on_front) + simulated_verdict(gpu, size_of)
     summary["ship"] = ship(rows, scores.get("dense (PyTorch fp32)", {}).get("perplexity"))
     write_json(summary, str(results / "results.json"))
     page = render(args, bench, rows, table, sims, gpu_table, names, machine, summary["ship"], summary["verdict"])
@@ -199,40 +251,68 @@ def main() -> None:
     say(f"wrote {args.out / 'RESULTS.md'}, {results / 'results.json'} and {len(names)} plots")
 
 
-def verdict(gpu: list[dict], size_of: dict) -> list[str]:
+def heal_plans(folder: Path) -> dict[str, str]:
+    """{run: "plan healed options"} and {planI: "plan, unhealed"} from the .options files gpu_heal.sh wrote."""
+    out = {}
+    for path in sorted(folder.glob("logs/heal-plan*-heal*.options")):
+        run = path.name.removesuffix(".options")[len("heal-"):]
+        options = dict(line.split(": ", 1) for line in path.read_text().splitlines() if ": " in line)
+        out[run.split("-")[0]] = f"`{options.get('plan', '').strip()}`, unhealed"
+        out[run] = f"`{options.get('plan', '').strip()}` healed `{options.get('heal', '').strip()}`"
+    return out
+
+
+def is_plain(label: str) -> bool:
+    """A plain-quantized dense file of ours, llama.cpp's or GenAI's builder (not a PyTorch simulation)."""
+    return "dense" in label and not label.startswith("PyTorch") and not any(c in label for c in COMPRESSED)
+
+
+def verdict(rows: list[dict], on_front: dict[str, set]) -> list[str]:
+    """For each compressed file scored through its runtime: is it on the size x perplexity front, and
+    which plain-quantized files does it beat (smaller at equal or better perplexity)?"""
+    lines = []
+    plain = [r for r in rows if r["perplexity"] is not None and is_plain(r["label"])]
+    for mine in (r for r in rows if r["perplexity"] is not None and any(c in r["label"] for c in COMPRESSED)
+                 and not r["label"].startswith("PyTorch")):
+        beaten = [r for r in plain if mine["size_mb"] <= r["size_mb"] and mine["perplexity"] <= r["perplexity"]]
+        larger_better = [r for r in plain if r["size_mb"] > mine["size_mb"] and r["perplexity"] < mine["perplexity"]]
+        dominated_by = [r for r in plain if r["size_mb"] <= mine["size_mb"] and r["perplexity"] <= mine["perplexity"]]
+        line = (f"**{mine['label']}** ({mine['size_mb']:.1f} MB, perplexity {mine['perplexity']:.3f}"
+                + (f", Alice {mine['alice']:.3f}" if mine["alice"] else "") + "): "
+                + ("on the size x perplexity front" if mine["label"] in on_front["size_mb"] else "not on the front")
+                + ("; dominated by " + ", ".join(r["label"] for r in dominated_by) if dominated_by else ""))
+        if beaten:
+            line += ("; smaller and at least as good on WikiText-2 as " + ", ".join(
+                f"{r['label']} ({r['size_mb']:.1f} MB, {r['perplexity']:.3f})" for r in beaten))
+            alice = [r for r in beaten if r["alice"] is not None]
+            if alice and mine["alice"] is not None:
+                line += "; on Alice: " + ", ".join(
+                    f"{r['label']} {r['alice']:.3f} ({'ahead' if mine['alice'] <= r['alice'] else 'behind'})" for r in alice)
+        if larger_better:
+            line += ("; larger files do better: " + ", ".join(
+                f"{r['label']} ({r['size_mb']:.1f} MB, {r['perplexity']:.3f})" for r in larger_better[:3]))
+        lines.append(line + ".")
+    return lines
+
+
+def simulated_verdict(gpu: list[dict], size_of: dict) -> list[str]:
     """Whether a healed int4 model beats the dense model's int4, per text (full texts, simulated weights)."""
     def find(run: str, text: str) -> dict | None:
         return next((g for g in gpu if g["run"] == run and g["text"] == text and g["int4"]), None)
 
     lines = []
-    for run in sorted({g["run"] for g in gpu if "heal" in g["run"]}):
-        for text, name in (("wikitext2", "WikiText-2 test"), ("alice", "Alice")):
-            mine, dense = find(run, text), find("dense", text)
-            if mine and dense and mine["perplexity"] == min(g["perplexity"] for g in gpu
-                                                            if g["text"] == text and g["int4"] and "heal" in g["run"]):
-                ahead = mine["perplexity"] < dense["perplexity"]
-                smaller = (size_of.get(run.split("-")[0]) or 0) < (size_of.get("dense") or 0)
-                lines.append(f"{name} ({mine['tokens']:,} tokens): the best healed int4 model, {run}, scores "
-                             f"{mine['perplexity']:.2f} against the dense model's int4 {dense['perplexity']:.2f}: "
-                             + ("**ahead, in a smaller file**" if ahead and smaller else "behind") + ".")
+    for text, name in (("wikitext2", "WikiText-2 test"), ("alice", "Alice")):
+        healed = [g for g in gpu if g["text"] == text and g["int4"] and "heal" in g["run"]]
+        dense = find("dense", text)
+        if not healed or not dense:
+            continue
+        best = min(healed, key=lambda g: g["perplexity"])
+        ahead = best["perplexity"] < dense["perplexity"]
+        smaller = (size_of.get(best["run"].split("-")[0]) or 0) < (size_of.get("dense") or 0)
+        lines.append(f"{name}, all {best['tokens']:,} tokens (H200, int4 simulated): the best healed int4 model, "
+                     f"{best['run']}, scores {best['perplexity']:.2f} against the dense model's int4 "
+                     f"{dense['perplexity']:.2f}: " + ("**ahead, in a smaller file**" if ahead and smaller else "behind") + ".")
     return lines
-
-
-def bridge(scores: dict, rows: list[dict]) -> list[str]:
-    """How the simulated full-text figures carry over to the files: simulation against the runtime, and
-    the plain int4 files against each other, on the same scored tokens."""
-    sim, ours = scores.get("PyTorch dense, int4 simulated"), scores.get("ours dense int4")
-    others = {label: scores[label] for label in ("llama.cpp dense Q4_0", "GenAI builder dense int4") if label in scores}
-    if not (sim and ours and others):
-        return []
-    spread = max(abs(o["perplexity"] / ours["perplexity"] - 1) for o in others.values())
-    return [f"On the first {ours['tokens']:,} tokens, int4 simulated in PyTorch ({sim['perplexity']:.3f}) and our int4 "
-            f"file through ONNX Runtime ({ours['perplexity']:.3f}) differ by "
-            f"{abs(ours['perplexity'] / sim['perplexity'] - 1):.1%}, and "
-            + ", ".join(f"{label} ({o['perplexity']:.3f})" for label, o in others.items())
-            + f" are within {spread:.1%} of our int4. So a healed file's lead over dense int4 on WikiText-2 would "
-            "carry over to these files too. That is an inference: the healed file itself was not scored through a "
-            "runtime."]
 
 
 def ship(rows: list[dict], dense: float | None) -> list[str]:
@@ -257,14 +337,21 @@ def ship(rows: list[dict], dense: float | None) -> list[str]:
 
 def render(args, bench, rows, table, sims, gpu_table, names, machine, shipping, verdict_lines) -> str:
     tokens = next((r["tokens"] for r in rows if r["tokens"]), 0)
+    others = sorted({r["run"] for r in rows} - {bench["timestamp"]})
     md = lambda header, body: "\n".join(["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]  # noqa: E731
                                         + ["| " + " | ".join(r) + " |" for r in body])
     return f"""# Results: which SmolLM2-135M file to ship
 
 Regenerate: `python benchmarks/runtime_bench.py && python benchmarks/pareto.py` (this host), after
-`benchmarks/run_gpu_heal_session.sh` on the GPU (docs/healing.md). Written {datetime.now(timezone.utc):%Y-%m-%d}.
+`benchmarks/run_gpu_heal_session.sh` on the GPU (docs/healing.md); the healed file's rows:
+`python benchmarks/runtime_bench.py --onnx svd-llm-fc20-healed DIR --rows ... --out benchmarks/results/runtime-healed`
+and `python benchmarks/pareto.py --merge [--text alice] --rows ...`. Written {datetime.now(timezone.utc):%Y-%m-%d}.
 
-## Which file to ship (scored files only)
+## Is a compressed file ahead of plain quantization?
+
+{chr(10).join("- " + line for line in verdict_lines)}
+
+## Which file to ship (scored files only, by WikiText-2 perplexity)
 
 {chr(10).join("- " + line for line in shipping)}
 
@@ -272,31 +359,28 @@ Regenerate: `python benchmarks/runtime_bench.py && python benchmarks/pareto.py` 
 
 Size and decode speed: `benchmarks/runtime_bench.py` ({bench['timestamp']}; {bench['settings']['rounds']} interleaved
 rounds, {bench['settings']['prompt_tokens']}-token prompt, {bench['settings']['decode_tokens']} greedy steps, median (min-max)).
-Quality: the first {tokens:,} tokens of WikiText-2 test, windows of {args.context} every {args.context // 2}, each file
-through its own runtime (ONNX Runtime; llama.cpp through llama-cpp-python), KL against dense PyTorch.
-`front`: not dominated in size x perplexity (`size`) or decode speed x perplexity (`speed`).
+""" + (f"""`*`: timed in another run of the same benchmark ({", ".join(others)}; see its runtime_bench.json
+for the load): compare it with the rows of that run, not across runs.
+""" if others else "") + f"""Quality: the first {tokens:,} tokens of WikiText-2 test (`perplexity`, `KL` against dense PyTorch)
+and of Alice in Wonderland (`Alice`, where scored), windows of {args.context} every {args.context // 2}, each
+file through its own runtime (ONNX Runtime; llama.cpp through llama-cpp-python).
+`front`: not dominated in size x perplexity (`size`) or decode speed x perplexity (`speed`), on WikiText-2.
 
-{md(["file", "MB", "decode tok/s", "perplexity", "KL", "front"], table)}
+{md(["file", "MB", "decode tok/s", "perplexity", "KL", "Alice", "front"], table)}
 
 PyTorch with the weights int4-simulated as MatMulNBits stores them (activations float), same tokens:
 
-{md(["model", "perplexity", "KL"], sims)}
+{md(["model", "perplexity", "KL", "Alice"], sims)}
 
 {chr(10).join(f"![{n}]({n})" for n in names)}
 
 ## 2. Healed, on the full texts (NVIDIA H200, PyTorch)
 
 All 312,144 WikiText-2 test tokens and all 39,357 Alice tokens (windows 1024 every 512); `int4`:
-weights simulated bit-exactly as the int4 file stores them. Size: the int4 file of the same plan measured
-in table 1 (healing changes values, not shapes); the healed files themselves stayed on the GPU machine.
-Runs: plan0 = `--fc svd-llm --remove 0.2`; heal0 = `--data valid:0.5,generated=T1:0.5 --quant int4`,
-heal1 = the same in float, heal2 = samples at T 0.8 / top-p 0.95 with `--quant int4` (docs/healing.md).
+weights simulated bit-exactly as the int4 file stores them (`{args.heal.relative_to(REPO) if args.heal.is_relative_to(REPO) else args.heal}`,
+docs/healing.md). Size: the int4 file of the same plan in table 1 (healing changes values, not shapes).
 
-{md(["model", "int4 MB", "WikiText-2 float", "WikiText-2 int4", "Alice float", "Alice int4"], gpu_table)}
-
-Is a compressed file ahead of plain quantization?
-
-{chr(10).join("- " + line for line in verdict_lines)}
+{md(["run", "what", "int4 MB", "WikiText-2 float", "WikiText-2 int4", "Alice float", "Alice int4"], gpu_table)}
 """
 
 

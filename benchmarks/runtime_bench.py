@@ -3,7 +3,10 @@ builder, one run, interleaved rounds, same threads, prompt and decode length for
 
     python benchmarks/runtime_bench.py                         # SmolLM2-135M, writes benchmarks/results/runtime/
     python benchmarks/runtime_bench.py --model gpt2-124m-random  # GPT-2-124M shapes (GenAI's builder has no GPT-2)
-    python benchmarks/runtime_bench.py --variant healed=out/heal/model  # add a compressed folder's rows
+    python benchmarks/runtime_bench.py --variant healed out/heal/model  # add a compressed folder's rows
+    python benchmarks/runtime_bench.py --onnx svd-llm-fc20-healed DIR --rows "ours svd-llm-fc20-healed int4" \
+        "ours svd-llm-fc20 int4" "llama.cpp dense Q4_0" --out benchmarks/results/runtime-healed
+                                   # an export made elsewhere (the GPU), timed against a few rows
 
 Rows (SmolLM2): our exports fp32/int8/int4 of the dense model and of each variant (by default
 svd-llm with 20% of the FC parameters removed, made here with `tensoredge compress`), llama.cpp
@@ -161,11 +164,13 @@ def prepare(args: argparse.Namespace, work: Path) -> tuple[dict, object]:
     from transformers import AutoConfig
 
     from models import load_model
+    from models.tokenizer_files import save_tokenizer
 
     dense_dir = work / "dense"
     variants = {"dense": args.model}
     for name, folder in args.variant:
         variants[name] = folder
+    exports = {name: Path(folder) for name, folder in args.onnx}
     if args.default_variant and args.model == "smollm2-135m":
         name, options = DEFAULT_VARIANT
         folder = work / name
@@ -179,8 +184,11 @@ def prepare(args: argparse.Namespace, work: Path) -> tuple[dict, object]:
         if not (export / "export.json").is_file():
             say(f"tensoredge export onnx {name} ({', '.join(PRECISIONS)})")
             cli("export", "onnx", "--model", model, "--precision", *PRECISIONS, "--out", str(export))
+        exports[name] = export
+    for name, export in exports.items():
         for precision in PRECISIONS:
-            rows[f"ours {name} {precision}"] = (str(export / FILES[precision]), "onnx", export / FILES[precision], 4)
+            if (export / FILES[precision]).is_file():
+                rows[f"ours {name} {precision}"] = (str(export / FILES[precision]), "onnx", export / FILES[precision], 4)
     for weight_type in ("f32", "q8_0", "q5_1", "q4_1", "q4_0"):
         path = work / f"dense-{weight_type}.gguf"
         if not path.is_file():
@@ -191,7 +199,7 @@ def prepare(args: argparse.Namespace, work: Path) -> tuple[dict, object]:
         if not (dense_dir / "config.json").is_file():
             loaded = load_model(args.model)
             loaded.model.save_pretrained(dense_dir)
-            loaded.tokenizer.save_pretrained(dense_dir)
+            save_tokenizer(loaded.tokenizer, dense_dir)
         for precision, folder in genai_builds(dense_dir, work).items():
             config = json.loads((folder / "genai_config.json").read_text())
             file = folder / config["model"]["decoder"]["filename"]
@@ -247,6 +255,9 @@ def main() -> None:
                    help="also bench this compressed folder's exports")
     p.add_argument("--no-default-variant", dest="default_variant", action="store_false",
                    help="skip the svd-llm 20%% FC variant made here")
+    p.add_argument("--onnx", nargs=2, action="append", default=[], metavar=("NAME", "FOLDER"),
+                   help="also bench the ONNX files of this export folder (e.g. one made on a GPU machine)")
+    p.add_argument("--rows", nargs="+", metavar="LABEL", help="time only these rows (default: all)")
     p.add_argument("--no-genai", action="store_true", help="skip GenAI's builder rows")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--prompt-tokens", type=int, default=64)
@@ -263,6 +274,11 @@ def main() -> None:
     out.mkdir(parents=True, exist_ok=True)
 
     rows, config = prepare(args, work)
+    if args.rows:
+        unknown = [label for label in args.rows if label not in rows]
+        if unknown:
+            raise SystemExit(f"error: no row {', '.join(map(repr, unknown))}; rows: {', '.join(rows)}")
+        rows = {label: rows[label] for label in args.rows}
     if args.prepare_only:
         say(f"prepared {len(rows)} rows in {work}")
         return
