@@ -108,11 +108,22 @@ def read_benches(paths: list[Path]) -> dict:
     bench = json.loads(paths[0].read_text())
     for row in bench["rows"].values():
         row["run"] = bench["timestamp"]
+    bench["extra_runs"] = []
     for path in paths[1:]:
         extra = json.loads(path.read_text())
         for label, row in extra["rows"].items():
             bench["rows"].setdefault(label, row | {"run": extra["timestamp"]})
+        bench["extra_runs"].append({"path": str(path.relative_to(REPO) if path.is_relative_to(REPO) else path),
+                                    "timestamp": extra["timestamp"], "load_average": extra["load_average"],
+                                    "bandwidth_gb_s": extra["bandwidth"]["gb_per_s"], "rows": extra["rows"]})
     return bench
+
+
+def run_table(run: dict) -> list[list[str]]:
+    """The rows of one extra runtime-bench run, fastest first: the fair comparison for its new rows."""
+    rows = sorted(run["rows"].items(), key=lambda item: -item[1]["decode_tokens_per_s"]["median"])
+    return [[label, f"{row['file_bytes'] / 1e6:.1f}", "{median:.1f} ({min:.1f}-{max:.1f})".format(
+        **row["decode_tokens_per_s"])] for label, row in rows]
 
 
 def front(points: list[tuple[str, float, float]]) -> set[str]:
@@ -321,10 +332,12 @@ def ship(rows: list[dict], dense: float | None) -> list[str]:
     out = []
     for limit in (80, 100, 160):
         fits = [r for r in scored if r["size_mb"] <= limit]
+        unscored = [r["label"] for r in rows if r["perplexity"] is None and r["size_mb"] <= limit]
         if fits:
             best = min(fits, key=lambda r: r["perplexity"])
             out.append(f"Under {limit} MB: **{best['label']}** ({best['size_mb']:.1f} MB, perplexity {best['perplexity']:.2f}, "
-                       f"{best['tok_s']:.1f} tok/s).")
+                       f"{best['tok_s']:.1f} tok/s)" + (f"; not scored yet, so not compared: {', '.join(unscored)}"
+                                                         if unscored else "") + ".")
     if dense:
         near = [r for r in scored if r["perplexity"] <= 1.05 * dense]
         if near:
@@ -367,7 +380,12 @@ file through its own runtime (ONNX Runtime; llama.cpp through llama-cpp-python).
 `front`: not dominated in size x perplexity (`size`) or decode speed x perplexity (`speed`), on WikiText-2.
 
 {md(["file", "MB", "decode tok/s", "perplexity", "KL", "Alice", "front"], table)}
+""" + "".join(f"""
+`*` timed in `{run['path']}` ({run['timestamp']}; load average {run['load_average']['before'][0]:.2f} before,
+read bandwidth {run['bandwidth_gb_s']:.1f} GB/s), beside these rows of the main run, decode tok/s:
 
+{md(["file", "MB", "decode tok/s"], run_table(run))}
+""" for run in bench.get("extra_runs", [])) + f"""
 PyTorch with the weights int4-simulated as MatMulNBits stores them (activations float), same tokens:
 
 {md(["model", "perplexity", "KL", "Alice"], sims)}
