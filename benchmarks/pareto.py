@@ -36,6 +36,7 @@ sys.path.insert(0, str(REPO))
 
 from device_bench.files import write_json  # noqa: E402
 from toolkit.progress import say  # noqa: E402
+from toolkit.report import pareto_front  # noqa: E402
 from toolkit.table import text_table  # noqa: E402
 
 DEFAULT_ROWS = ["ours dense int4", "ours svd-llm-fc20 int4", "llama.cpp dense Q4_0", "GenAI builder dense int4",
@@ -127,9 +128,8 @@ def run_table(run: dict) -> list[list[str]]:
 
 
 def front(points: list[tuple[str, float, float]]) -> set[str]:
-    """Labels not dominated: no other point is at most as large in both (smaller is better) and smaller in one."""
-    return {a for a, x, y in points
-            if not any((x2 <= x and y2 <= y) and (x2 < x or y2 < y) for b, x2, y2 in points if b != a)}
+    """Labels not dominated (both coordinates smaller-is-better): toolkit.report.pareto_front by label."""
+    return {points[i][0] for i in pareto_front([(x, y) for _, x, y in points])}
 
 
 def gpu_rows(results: Path) -> list[dict]:
