@@ -22,7 +22,11 @@ RETRIES = 2  # a task whose worker process (or node) died runs again, up to this
 
 def require_ray() -> None:
     """The one-line error when Ray is not installed (checked before any model is loaded)."""
-    if importlib.util.find_spec("ray") is None:
+    try:
+        found = importlib.util.find_spec("ray") is not None
+    except (ImportError, ValueError):
+        found = False
+    if not found:
         raise TensoredgeError(MISSING)
 
 
@@ -53,7 +57,7 @@ class RayExecutor:
         if self.started:
             quiet = {"log_to_driver": False, "include_dashboard": False, "configure_logging": False}
             if address == "local":
-                ray.init(num_cpus=os.cpu_count(), **quiet)
+                ray.init(address="local", num_cpus=os.cpu_count(), **quiet)  # a new one, never another's
             else:
                 try:
                     ray.init(address=address, **quiet)
