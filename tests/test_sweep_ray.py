@@ -177,6 +177,21 @@ def test_rerun_skips_finished_points_and_retries_failed_on_request(cluster, in_p
     assert all(retried[p]["seconds_total"] == again[p]["seconds_total"] for p in IDS - {failed})
 
 
+def test_embedding_sweep_through_ray_equals_in_process(cluster, tmp_path):
+    from toolkit.cli import main
+
+    address, _ = cluster
+    args = ["sweep", "embedding", "--model", "tiny-gpt2", "--ratios", "3", "--head-ratios", "--max-tokens", "64"]
+    results = {}
+    for name, extra in (("local", []), ("ray", ["--ray", address])):
+        assert main([*args, "--out", str(tmp_path / name), *extra]) == 0
+        results[name] = {row["variant"]: row for row in json.loads((tmp_path / name / "embedding-sweep.json").read_text())["rows"]}
+    assert set(results["ray"]) == set(results["local"]) and len(results["ray"]) == 5
+    for variant, row in results["local"].items():
+        for column in ("perplexity", "kl", "top1_agreement", "ratio"):
+            assert results["ray"][variant][column] == pytest.approx(row[column], rel=1e-5), (variant, column)
+
+
 def test_killing_the_worker_node_mid_sweep_loses_no_point(cluster, in_process, tmp_path):
     """Runs last in this module: the worker node does not come back."""
     address, worker = cluster
