@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import signal
+import threading
 from typing import Callable
 
 from toolkit.errors import TensoredgeError
@@ -28,6 +30,10 @@ def require_ray() -> None:
         found = False
     if not found:
         raise TensoredgeError(MISSING)
+
+
+def _interrupt(_signum, _frame) -> None:
+    raise KeyboardInterrupt
 
 
 def _task(run: RunPoint, threads: int, spec: dict, shared: object, prepared: object) -> dict:
@@ -78,6 +84,8 @@ class RayExecutor:
         self.point_task = ray.remote(_task).options(**options)
         self.prep_task = ray.remote(_prepare_task).options(**options)
         self.shared = ray.put(shared)  # once per sweep; every task takes the reference
+        if threading.current_thread() is threading.main_thread():  # `kill PID` stops it like Ctrl-C
+            self.sigterm = signal.signal(signal.SIGTERM, _interrupt)
         self.prepared: dict[str, object] = {}  # key -> ObjectRef of the preparation
         self.flying: dict[object, Point] = {}  # ObjectRef of the row -> its point
 
@@ -91,7 +99,10 @@ class RayExecutor:
         self.flying[self.point_task.remote(self.run, self.task_cpus, point.spec, self.shared, prepared)] = point
 
     def next_done(self) -> tuple[Point, dict]:
-        [ref], _ = self.ray.wait(list(self.flying), num_returns=1)
+        ready: list = []
+        while not ready:  # short waits: Ctrl-C stops the sweep (finished points are already recorded)
+            ready, _ = self.ray.wait(list(self.flying), num_returns=1, timeout=2.0)
+        ref = ready[0]
         point = self.flying.pop(ref)
         try:
             return point, self.ray.get(ref)
@@ -109,6 +120,8 @@ class RayExecutor:
             del self.prepared[key]
 
     def close(self) -> None:
+        if getattr(self, "sigterm", None) is not None:
+            signal.signal(signal.SIGTERM, self.sigterm)
         self.prepared.clear()
         self.flying.clear()
         self.shared = None

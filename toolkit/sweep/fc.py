@@ -91,6 +91,7 @@ class Shared:
     device: str = "cpu"
     heal: HealSettings | None = None
     heal_ids: torch.Tensor | None = None
+    keep_context: bool = True  # in-process: one Context (calibration statistics) for every method
 
 
 _CONTEXTS: dict[int, object] = {}  # id(shared) -> its Context, in this process (calibration stats kept)
@@ -106,7 +107,8 @@ def context_for(shared: Shared):
                       device=shared.device)
         ctx.cache["ids"] = shared.calibration
         _CONTEXTS.clear()
-        _CONTEXTS[id(shared)] = ctx
+        if shared.keep_context:  # a Ray task's copy of `shared` dies with the task: keep nothing
+            _CONTEXTS[id(shared)] = ctx
     return ctx
 
 
@@ -280,7 +282,9 @@ def run_fc_sweep(model_ref: str, out_dir: Path, removals: tuple[float, ...] = (0
     if ray:
         from toolkit.sweep.distributed import RayExecutor
 
+        shared.keep_context = False
         executor = RayExecutor(ray, shared, run_point, prepare_method, task_cpus, device.startswith("cuda"), progress)
+        del shared  # the object store holds it now
         runner = executor.describe
     else:
         executor, runner = LocalExecutor(shared, run_point, prepare_method), f"in-process, {torch.get_num_threads()} threads"
