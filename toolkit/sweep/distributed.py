@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import importlib.util
 import os
-import signal
-import threading
 from typing import Callable
 
 from toolkit.errors import TensoredgeError
@@ -30,10 +28,6 @@ def require_ray() -> None:
         found = False
     if not found:
         raise TensoredgeError(MISSING)
-
-
-def _interrupt(_signum, _frame) -> None:
-    raise KeyboardInterrupt
 
 
 def _task(run: RunPoint, threads: int, spec: dict, shared: object, prepared: object) -> dict:
@@ -84,8 +78,6 @@ class RayExecutor:
         self.point_task = ray.remote(_task).options(**options)
         self.prep_task = ray.remote(_prepare_task).options(**options)
         self.shared = ray.put(shared)  # once per sweep; every task takes the reference
-        if threading.current_thread() is threading.main_thread():  # `kill PID` stops it like Ctrl-C
-            self.sigterm = signal.signal(signal.SIGTERM, _interrupt)
         self.prepared: dict[str, object] = {}  # key -> ObjectRef of the preparation
         self.flying: dict[object, Point] = {}  # ObjectRef of the row -> its point
 
@@ -100,8 +92,11 @@ class RayExecutor:
 
     def next_done(self) -> tuple[Point, dict]:
         ready: list = []
-        while not ready:  # short waits: Ctrl-C stops the sweep (finished points are already recorded)
-            ready, _ = self.ray.wait(list(self.flying), num_returns=1, timeout=2.0)
+        while not ready:  # short waits: SIGINT/SIGTERM stop the sweep (finished points are already recorded)
+            try:
+                ready, _ = self.ray.wait(list(self.flying), num_returns=1, timeout=2.0)
+            except SystemError as exc:  # Ray wraps what a signal handler raised (device_bench.interrupt)
+                raise (exc.__cause__ or exc.__context__ or exc) from None
         ref = ready[0]
         point = self.flying.pop(ref)
         try:
@@ -120,8 +115,6 @@ class RayExecutor:
             del self.prepared[key]
 
     def close(self) -> None:
-        if getattr(self, "sigterm", None) is not None:
-            signal.signal(signal.SIGTERM, self.sigterm)
         self.prepared.clear()
         self.flying.clear()
         self.shared = None
