@@ -288,13 +288,18 @@ def run_fc_sweep(model_ref: str, out_dir: Path, removals: tuple[float, ...] = (0
         runner = executor.describe
     else:
         executor, runner = LocalExecutor(shared, run_point, prepare_method), f"in-process, {torch.get_num_threads()} threads"
+    runs = [r for r in ledger.header.get("runs", []) if isinstance(r, dict)]
+    this_run = {"command": command, "runner": runner, "started": time.strftime("%Y-%m-%d %H:%M:%S"),
+                "wall_seconds": None, "points_recorded": 0}
+    ledger.header |= {"hopeless_perplexity": hopeless, "command": command, "runner": runner, "machine": machine(),
+                      "runs": [*runs, this_run]}  # every run that added points, with its wall time
     try:
         run_grid(plan_points(planned), ledger, executor, hopeless_past(hopeless), progress, retry_failed, describe)
     finally:
         executor.close()
-    ledger.header |= {"hopeless_perplexity": hopeless, "command": command, "runner": runner, "wall_seconds": round(time.time() - began, 1),
-                      "machine": machine()}
-    ledger.write()
+        this_run |= {"wall_seconds": round(time.time() - began, 1), "points_recorded": ledger.recorded}
+        ledger.header["wall_seconds"] = this_run["wall_seconds"]
+        ledger.write()
     return ledger.result()
 
 
@@ -371,8 +376,10 @@ def render(result: dict, out_dir: Path) -> Path:
 
     made = []
     if result.get("command"):
-        made = [f"Made by `{result['command']}` ({result.get('runner', 'in-process')}; "
-                f"{result.get('wall_seconds', 0):.0f} s wall for the points run last).", ""]
+        made = [f"Made by `{result['command']}` ({result.get('runner', 'in-process')}).", ""]
+        for run in result.get("runs", []):
+            made.insert(-1, f"- run of {run['started']}: {run['points_recorded']} points recorded in "
+                            f"{(run['wall_seconds'] or 0) / 60:.0f} min wall ({run['runner']})")
     text = "\n".join([
         f"# FC-layer compression sweep: {result['model']}",
         "",

@@ -46,6 +46,7 @@ class Ledger:
     def __init__(self, path: Path, header: dict, key: tuple[str, ...], progress: Callable[[str], None]):
         self.path, self.header = Path(path), dict(header)
         self.rows: dict[str, dict] = {}
+        self.recorded = 0  # rows recorded by this run
         if self.path.is_file():
             try:
                 earlier = json.loads(self.path.read_text())
@@ -66,6 +67,7 @@ class Ledger:
     def record(self, point: Point, row: dict) -> None:
         """Keep `row` as the result of `point` and rewrite the JSON (temporary file, then rename)."""
         self.rows[point.id] = {"id": point.id, **row}
+        self.recorded += 1
         self.write()
 
     def set_order(self, ids: list[str]) -> None:
