@@ -135,6 +135,25 @@ def build_parser() -> argparse.ArgumentParser:
                    help="fc: surgical allocation minimises the sum of per-layer output errors relative to each "
                         "layer's output energy, or as is (default: %(default)s)")
     p.add_argument("--render-only", action="store_true", help="fc: redraw table and plot from an existing fc-sweep.json")
+    p.add_argument("--ray", nargs="?", const="local", metavar="ADDRESS",
+                   help="run each point as a Ray task: 'local' (the default when no address is given) starts Ray "
+                        "on this machine, an address (e.g. 10.0.0.1:6379) joins that cluster (needs "
+                        "pip install 'tensoredge[ray]')")
+    p.add_argument("--task-cpus", type=int, default=1,
+                   help="with --ray: CPUs (torch threads) per point (default: %(default)s)")
+    p.add_argument("--device", default="cpu",
+                   help="where points are scored (and healed), e.g. cuda: one GPU per Ray task (default: %(default)s)")
+    p.add_argument("--retry-failed", action="store_true",
+                   help="run again the points a previous run recorded as failed (finished points are skipped)")
+    p.add_argument("--hopeless", type=float, default=1000.0, metavar="PPL",
+                   help="fc: larger removals of a method/allocation whose perplexity passed PPL are recorded as "
+                        "skipped, not run (inf: run every point; default: %(default)s)")
+    p.add_argument("--heal", type=int, metavar="STEPS",
+                   help="fc: heal each compressed model for STEPS distillation steps before scoring it "
+                        "(all parameters, towards the dense model, on WikiText-2 valid)")
+    p.add_argument("--heal-lr", type=float, default=1e-4, help="fc --heal: learning rate (default: %(default)s)")
+    p.add_argument("--heal-batch", type=int, default=4, help="fc --heal: sequences per step (default: %(default)s)")
+    p.add_argument("--heal-seq-len", type=int, default=256, help="fc --heal: tokens per sequence (default: %(default)s)")
     add_json(p)
 
     p = sub.add_parser("export", help="export to ONNX (factors kept), GGUF (llama.cpp) or the factorized "

@@ -240,7 +240,10 @@ def sweep_fc(args: argparse.Namespace) -> dict:
 
     from toolkit.compress.sensitivity import SensitivityConfig
     from toolkit.errors import TensoredgeError
-    from toolkit.sweep.fc import render, run_fc_sweep
+    import sys
+
+    from toolkit.sweep import command_line
+    from toolkit.sweep.fc import HealSettings, render, run_fc_sweep
 
     out = Path(args.out)
     if args.render_only:
@@ -253,10 +256,14 @@ def sweep_fc(args: argparse.Namespace) -> dict:
             removals = tuple(float(x) for x in args.removals.split(","))
         except ValueError:
             raise TensoredgeError(f"--removals '{args.removals}' must be fractions, e.g. 0.1,0.2,0.3") from None
+        heal = HealSettings(args.heal, args.heal_batch, args.heal_seq_len, args.heal_lr) if args.heal else None
         result = run_fc_sweep(args.model, out, removals, tuple(args.methods.split(",")), args.max_tokens,
                               args.calibration_tokens, args.objective, progress=say,
                               allocations=tuple(args.allocs.split(",")),
-                              sensitivity=SensitivityConfig(tokens=args.sensitivity_tokens))
+                              sensitivity=SensitivityConfig(tokens=args.sensitivity_tokens),
+                              ray=args.ray, task_cpus=args.task_cpus, retry_failed=args.retry_failed, heal=heal,
+                              device=args.device, command=command_line(sys.argv[1:]),
+                              context=args.context, stride=args.stride, hopeless=args.hopeless)
     print(f"wrote {render(result, out)}")
     return result
 

@@ -76,6 +76,20 @@ def check_sweep_outputs(args: argparse.Namespace) -> None:
     partial = stem.with_name(stem.name + ".partial.json")
     if args.target == "embedding":
         check_output(partial, "json")
+        if args.heal:
+            raise TensoredgeError("--heal heals FC-compressed models: use it with sweep fc")
+    if args.ray:
+        from toolkit.sweep.distributed import require_ray
+
+        require_ray()
+    if args.heal is not None and args.heal < 1:
+        raise TensoredgeError(f"--heal {args.heal}: give at least 1 healing step")
+    if args.task_cpus < 1:
+        raise TensoredgeError(f"--task-cpus {args.task_cpus} must be at least 1")
+    if args.device != "cpu":
+        from toolkit.commands import check_device
+
+        check_device(args.device)
 
 
 def model_context(ref: str) -> int | None:

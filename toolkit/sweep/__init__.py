@@ -35,75 +35,87 @@ class Entry:
 Measure = Callable[[nn.Module, nn.Module], dict]  # (dense model, compressed model) -> columns
 
 
-def run_entries(entries_for: Callable[[nn.Module], list[Entry]], args: argparse.Namespace, measure: Measure,
-                partial: Path, group: int = 5) -> dict:
-    """Compress and evaluate every entry (`entries_for(dense model)`) on WikiText-2 test of `args.model`;
-    `group` candidates share one reference pass.
+@dataclass
+class Shared:
+    """What every entry of a sweep reads (put in Ray's object store once per sweep)."""
 
-    Finished rows go to `partial` (JSON) after every group, and a re-run with the same model and
-    evaluation window takes them from there instead of recomputing. An entry whose plan is infeasible
-    (a TensoredgeError while compressing) is kept with its error.
+    model: nn.Module
+    family: str
+    tokenizer: object
+    reference: object  # toolkit.sweep.score.Reference on the evaluation windows
+    measure: Measure
+
+
+def run_entry(spec: dict, shared: Shared, _prepared: object = None) -> dict:
+    """Compress a copy of the shared model with the entry's plan, measure it, score it against the
+    dense reference; an infeasible plan (TensoredgeError) is kept with its error, any other failure
+    with its one-line reason."""
+    from toolkit.compress import compress_
+    from toolkit.sweep.grid import one_line
+
+    row = {"plan": spec["plan"], **spec["labels"]}
+    began = time.time()
+    try:
+        model = copy.deepcopy(shared.model)
+        compress_(model, shared.family, spec["plan"], tokenizer=shared.tokenizer)
+        row["compress_seconds"] = round(time.time() - began, 2)
+        row |= shared.measure(shared.model, model)
+        row |= shared.reference.score(model)
+    except TensoredgeError as exc:
+        row["error"] = str(exc)
+    except Exception as exc:  # noqa: BLE001 - recorded in the row; the sweep goes on
+        row["failed"] = one_line(exc)
+    return row
+
+
+def run_entries(entries_for: Callable[[nn.Module], list[Entry]], args: argparse.Namespace, measure: Measure,
+                partial: Path) -> dict:
+    """Compress and evaluate every entry (`entries_for(dense model)`) on WikiText-2 test of `args.model`,
+    in this process or, with `args.ray`, as Ray tasks (toolkit.sweep.distributed).
+
+    Finished rows go to `partial` (JSON) after every entry, and a re-run with the same model and
+    evaluation window takes them from there instead of recomputing.
     """
     from toolkit.checkpoint import open_model
     from toolkit.commands import evaluation_windows
-    from toolkit.compress import compress_
-    from toolkit.evaluate import compare
+    from toolkit.sweep.grid import Ledger, LocalExecutor, Point, run_grid
+    from toolkit.sweep.score import Reference
 
+    ray = getattr(args, "ray", None)
+    if ray:
+        from toolkit.sweep.distributed import require_ray
+
+        require_ray()
     loaded = open_model(args.model)
     windows, setup = evaluation_windows(loaded, args)
     entries = entries_for(loaded.model)
     key = {"model": loaded.name, **setup}
-    done = read_partial(partial, key)
-    say(f"sweep of {len(entries)} plans on {loaded.name}, {setup['tokens']} WikiText-2 test tokens each"
-        + (f" ({len(done['rows'])} already in {partial})" if done["rows"] else ""))
-    rows: list[dict] = []
-    pending: dict[str, nn.Module] = {}
+    say(f"sweep of {len(entries)} plans on {loaded.name}, {setup['tokens']} WikiText-2 test tokens each; "
+        "dense reference first")
+    reference = Reference(loaded.model.eval(), windows)
+    shared = Shared(loaded.model, loaded.family, loaded.tokenizer, reference, measure)
+    ledger = Ledger(partial, {"key": key}, ("key",), say)
+    points = [Point(json.dumps(e.plan, sort_keys=True), i, str(i), {"plan": e.plan, "labels": e.labels})
+              for i, e in enumerate(entries)]
+    if ray:
+        from toolkit.sweep.distributed import RayExecutor
 
-    def evaluate() -> None:
-        if pending:
-            say(f"evaluating {len(pending)} plans ({len(rows)}/{len(entries)} built)")
-            scores = compare(loaded.model, pending, windows)
-            done["reference"] = scores["reference"]
-            for index in pending:
-                rows[int(index)] |= scores[index]
-                done["rows"][json.dumps(rows[int(index)]["plan"], sort_keys=True)] = rows[int(index)]
-            pending.clear()
-        write_json(done, str(partial))
-
-    for i, entry in enumerate(entries):
-        cached = done["rows"].get(json.dumps(entry.plan, sort_keys=True))
-        if cached is not None:
-            rows.append({**cached, **entry.labels})
-            continue
-        row = {"plan": entry.plan, **entry.labels}
-        model = copy.deepcopy(loaded.model)
-        began = time.time()
-        try:
-            compress_(model, loaded.family, entry.plan, tokenizer=loaded.tokenizer)
-        except TensoredgeError as exc:
-            row["error"] = str(exc)
-            say(f"[{i + 1}/{len(entries)}] {entry.plan}: not built ({exc})")
-            done["rows"][json.dumps(entry.plan, sort_keys=True)] = row
-        else:
-            row["compress_seconds"] = round(time.time() - began, 2)
-            row |= measure(loaded.model, model)
-            pending[str(i)] = model
-        rows.append(row)
-        if len(pending) == group:
-            evaluate()
-    evaluate()
-    if done.get("reference") is None:
-        done["reference"] = compare(loaded.model, {}, windows)["reference"]
-    return {**key, "dataset": "wikitext-2 test", "reference": done["reference"], "machine": machine(), "rows": rows}
+        executor = RayExecutor(ray, shared, run_entry, None, getattr(args, "task_cpus", 1), False, say)
+    else:
+        executor = LocalExecutor(shared, run_entry)
+    try:
+        run_grid(points, ledger, executor, lambda row: None, say, getattr(args, "retry_failed", False), describe)
+    finally:
+        executor.close()
+    rows = [{k: v for k, v in ledger.get(p.id).items() if k != "id"} | p.spec["labels"] for p in points]
+    return {**key, "dataset": "wikitext-2 test", "reference": {**reference.scores, "tokens": setup["tokens"]},
+            "machine": machine(), "rows": rows}
 
 
-def read_partial(path: Path, key: dict) -> dict:
-    """Rows finished by an earlier run with the same model and evaluation window, by plan."""
-    if path.is_file():
-        data = json.loads(path.read_text())
-        if data.get("key") == key:
-            return data
-    return {"key": key, "reference": None, "rows": {}}
+def describe(row: dict) -> str:
+    if "perplexity" in row:
+        return f"ppl {row['perplexity']:.5g}, KL {row['kl']:.3f}"
+    return f"not built ({row.get('error') or row.get('failed')})"
 
 
 def machine() -> dict:

@@ -83,7 +83,7 @@ def shape_of(record: dict) -> str:
 def variants_table(rows: list[dict]) -> str:
     body = [[r["variant"], f"{r['target']:g}", f"{r['ratio']:.2f}x" if "ratio" in r else "-",
              shape_of(r.get("record", {})), num(r.get("perplexity"), 5), num(r.get("kl"), 3),
-             num(r.get("top1_agreement"), 3), r.get("error", "")]
+             num(r.get("top1_agreement"), 3), r.get("error") or r.get("failed", "")]
             for r in rows if r["table"] == "variants"]
     return markdown_table(["variant", "target", "achieved (bytes)", "shape / ranks", "perplexity", "KL",
                            "top-1", "note"], body)
@@ -102,7 +102,7 @@ def heads_table(rows: list[dict]) -> str:
                      f"{stored / 2**20:.1f}" if cost else "-",
                      f"{cost['bytes_read'] / 2**20:.1f}" if cost else "-",
                      f"{cost['flops'] / 1e6:.1f}" if cost else "-",
-                     num(r.get("perplexity"), 5), num(r.get("kl"), 3), r.get("error", "")])
+                     num(r.get("perplexity"), 5), num(r.get("kl"), 3), r.get("error") or r.get("failed", "")])
     return markdown_table(["variant", "ratio", "head", "head computes by", "embedding + head stored (MiB)",
                            "head read / token (MiB)", "head MFLOP / token", "perplexity", "KL", "note"], body)
 
