@@ -78,11 +78,12 @@ def test_methods_without_per_rank_factorization_are_refused_for_budgets(tiny_gpt
 
 
 def test_cli_compress_with_a_budget_saves_a_reloadable_model(tmp_path):
-    done = tensoredge("compress", "--model", "tiny-gpt2", "--fc", "svd-llm", "--remove", "0.25",
-                      "--out", str(tmp_path / "m"), "--json", str(tmp_path / "r.json"))
+    done = tensoredge("compress", "--model", "tiny-gpt2", "--fc", "svd-llm", "--remove", "0.25", "--calibration",
+                      "valid,books", "--out", str(tmp_path / "m"), "--json", str(tmp_path / "r.json"))
     assert done.returncode == 0, done.stderr
     result = json.loads((tmp_path / "r.json").read_text())
-    assert result["plan"] == {"fc": "svd-llm:remove=0.25,alloc=surgical"}
+    assert result["plan"] == {"fc": "svd-llm:remove=0.25,alloc=surgical,calibration=valid+books"}
+    assert result["calibration"] == ["valid", "books"]
     assert result["fc_budget"]["removed_of_fc"] >= 0.25
     manifest = json.loads((tmp_path / "m" / "manifest.json").read_text())
     assert {m["fit"] for m in manifest["modules"].values()} == {"svd-llm"}
@@ -109,15 +110,6 @@ def test_calibration_mixes_texts_in_equal_shares_and_changes_the_factors(tiny_gp
         return torch.cat([p.detach().flatten() for p in model.parameters()])
 
     assert not torch.allclose(factors(("valid",)), factors(("valid", "books")))
-
-
-def test_cli_compress_records_its_calibration_text(tmp_path):
-    done = tensoredge("compress", "--model", "tiny-gpt2", "--fc", "svd-llm", "--remove", "0.25", "--calibration",
-                      "valid,books", "--out", str(tmp_path / "m"), "--json", str(tmp_path / "r.json"))
-    assert done.returncode == 0, done.stderr
-    result = json.loads((tmp_path / "r.json").read_text())
-    assert result["plan"] == {"fc": "svd-llm:remove=0.25,alloc=surgical,calibration=valid+books"}
-    assert result["calibration"] == ["valid", "books"]
 
 
 @pytest.mark.parametrize("args,fragments", [
