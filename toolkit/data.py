@@ -40,6 +40,20 @@ EVAL_TEXTS = tuple(name for name, t in TEXTS.items() if t.role == "eval")
 TRAIN_TEXTS = tuple(name for name, t in TEXTS.items() if t.role == "train")
 
 
+def check_train_texts(names: tuple[str, ...], flag: str) -> tuple[str, ...]:
+    """Distillation texts named by the option `flag`, each once; a held-out or unknown name is a one-line error."""
+    for name in names:
+        if name in EVAL_TEXTS:
+            raise TensoredgeError(f"{flag} {name}: {name} is held out for evaluation; "
+                                  f"use {', '.join(TRAIN_TEXTS)}, e.g. {flag} valid,books")
+        if name not in TRAIN_TEXTS:
+            raise TensoredgeError(f"{flag} {name!r}: unknown text; choose from {', '.join(TRAIN_TEXTS)}, "
+                                  f"e.g. {flag} valid,books")
+    if not names or len(set(names)) != len(names):
+        raise TensoredgeError(f"{flag} {','.join(names)!r}: name each text once, e.g. {flag} valid,books")
+    return names
+
+
 def text(name: str) -> str:
     """The text called `name` as one string (line ends normalised to \\n)."""
     if name not in TEXTS:

@@ -43,19 +43,10 @@ class Context:
 
 def check_calibration(names: str | tuple[str, ...]) -> tuple[str, ...]:
     """`valid`, `books` or `valid,books` (also `valid+books`) -> names; a held-out text is refused."""
-    from toolkit.data import EVAL_TEXTS, TRAIN_TEXTS
+    from toolkit.data import check_train_texts
 
-    parts = tuple(n.strip() for n in (names.replace("+", ",").split(",") if isinstance(names, str) else names))
-    for name in parts:
-        if name in EVAL_TEXTS:
-            raise TensoredgeError(f"--calibration {name}: {name} is held out for evaluation; "
-                                  f"calibrate on {', '.join(TRAIN_TEXTS)}")
-        if name not in TRAIN_TEXTS:
-            raise TensoredgeError(f"--calibration {name!r}: unknown text; choose from {', '.join(TRAIN_TEXTS)}, "
-                                  "e.g. --calibration valid,books")
-    if not parts or len(set(parts)) != len(parts):
-        raise TensoredgeError(f"--calibration {names!r}: name each text once, e.g. --calibration valid,books")
-    return parts
+    parts = names.replace("+", ",").split(",") if isinstance(names, str) else names
+    return check_train_texts(tuple(n.strip() for n in parts), "--calibration")
 
 
 _VALID: list[tuple[object, torch.Tensor]] = []  # (tokenizer, its WikiText-2 valid ids): tokenized once

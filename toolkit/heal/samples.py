@@ -46,15 +46,9 @@ class SampleSettings:
             raise TensoredgeError(f"--temperature {self.temperature}: give 0 (greedy) or a positive number")
         if not 0 < self.top_p <= 1:
             raise TensoredgeError(f"--top-p {self.top_p}: give a number in (0, 1]")
-        from toolkit.data import EVAL_TEXTS, TRAIN_TEXTS
+        from toolkit.data import check_train_texts
 
-        for name in self.prompts:
-            if name not in TRAIN_TEXTS:
-                held = " is held out for evaluation" if name in EVAL_TEXTS else ": unknown text"
-                raise TensoredgeError(f"--prompts {name}{held}; draw prompts from {', '.join(TRAIN_TEXTS)}, "
-                                      "e.g. --prompts valid,books")
-        if not self.prompts or len(set(self.prompts)) != len(self.prompts):
-            raise TensoredgeError("--prompts: name each text once, e.g. --prompts valid,books")
+        check_train_texts(self.prompts, "--prompts")
 
     @property
     def samples(self) -> int:
