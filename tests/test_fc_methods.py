@@ -182,3 +182,17 @@ def test_ranks_that_do_not_reduce_parameters_are_refused(tiny_gpt2, spec):
     with pytest.raises(TensoredgeError) as info:
         compress_(tiny_gpt2.model, "gpt2", {"mlp": spec}, tokenizer=tiny_gpt2.tokenizer)
     assert "\n" not in str(info.value)
+
+
+def test_trawl_cp_refuses_a_rank_whose_workspace_does_not_fit():
+    """The FC grid's trawl-cp point at 10% removed died after 21 minutes asking the allocator for
+    78,932,606,976 bytes; the estimate gives that figure and the check refuses it in one line."""
+    from toolkit.compress.trawl import check_cp_fits, cp_workspace_bytes, ranks_for
+
+    shape = (30, 1536, 576)  # SmolLM2's 30 stacked MLP up-projections
+    rank = ranks_for("cp", shape, parse_spec("trawl:decomp=cp,ratio=1.1111"))[0]  # the sweep at 10%
+    assert rank == 11_152 and cp_workspace_bytes(shape, rank) == 78_932_606_976
+    with pytest.raises(TensoredgeError) as info:
+        check_cp_fits("mlp.up_proj", shape, rank, available=24 * 10**9)
+    assert "\n" not in str(info.value) and "78.9 GB" in str(info.value) and "decomp=tucker" in str(info.value)
+    check_cp_fits("mlp.up_proj", shape, 16, available=24 * 10**9)  # a high ratio fits
