@@ -107,11 +107,11 @@ def test_interrupted_sweep_keeps_the_points_it_finished(tmp_path):
 def test_sweep_fc_heal_heals_each_point_before_scoring(tmp_path):
     done = tensoredge("sweep", "fc", "--model", "tiny-gpt2", "--out", str(tmp_path), "--max-tokens", "200",
                       "--calibration-tokens", "512", "--removals", "0.3", "--methods", "svd-llm",
-                      "--allocs", "uniform", "--heal", "2", "--heal-batch", "2", "--heal-seq-len", "32",
+                      "--allocs", "uniform", "--heal", "2", "--heal-batch", "2", "--heal-seq-len", "32", "--heal-tokens", "4096",
                       "--heal-lr", "1e-3")
     assert done.returncode == 0, done.stderr
     result = json.loads((tmp_path / "fc-sweep.json").read_text())
-    assert result["heal"]["steps"] == 2 and len(result["rows"]) == 1
+    assert result["heal"]["steps"] == 2 and result["heal"]["tokens"] == 4096 and len(result["rows"]) == 1
     for row in result["rows"]:
         assert row["heal"]["steps"] == 2 and row["heal"]["last_loss"] > 0
         assert row["perplexity"] != row["unhealed"]["perplexity"]  # two steps of distillation moved the weights
@@ -137,6 +137,8 @@ def test_ray_flag_without_ray_is_a_one_line_error(tmp_path):
 
 def test_bad_sweep_options_are_one_line_errors(tmp_path):
     for args, fragment in ((["--heal", "0"], "--heal 0"), (["--task-cpus", "0"], "--task-cpus 0"),
+                           (["--task-gpus", "1.5"], "--task-gpus 1.5"),
+                           (["--heal", "5", "--heal-tokens", "100"], "--heal-tokens 100"),
                            (["--methods", "svd@x"], "removals after @ are fractions")):
         assert_one_line_error(tensoredge("sweep", "fc", "--model", "tiny-gpt2", "--out", str(tmp_path), *args),
                               fragment)

@@ -84,8 +84,13 @@ def check_sweep_outputs(args: argparse.Namespace) -> None:
         require_ray()
     if args.heal is not None and args.heal < 1:
         raise TensoredgeError(f"--heal {args.heal}: give at least 1 healing step")
+    if args.heal is not None and args.heal_tokens < args.heal_batch * args.heal_seq_len:
+        raise TensoredgeError(f"--heal-tokens {args.heal_tokens}: give at least one batch "
+                              f"(--heal-batch x --heal-seq-len = {args.heal_batch * args.heal_seq_len} tokens)")
     if args.task_cpus < 1:
         raise TensoredgeError(f"--task-cpus {args.task_cpus} must be at least 1")
+    if not (0 < args.task_gpus <= 1 or float(args.task_gpus).is_integer()):
+        raise TensoredgeError(f"--task-gpus {args.task_gpus:g}: give a fraction of one GPU (e.g. 0.25) or a whole number")
     if args.device != "cpu":
         from toolkit.commands import check_device
 

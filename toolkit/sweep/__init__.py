@@ -100,7 +100,7 @@ def run_entries(entries_for: Callable[[nn.Module], list[Entry]], args: argparse.
     if ray:
         from toolkit.sweep.distributed import RayExecutor
 
-        executor = RayExecutor(ray, shared, run_entry, None, getattr(args, "task_cpus", 1), False, say)
+        executor = RayExecutor(ray, shared, run_entry, None, getattr(args, "task_cpus", 1), 0.0, say)
     else:
         executor = LocalExecutor(shared, run_entry)
     try:

@@ -45,10 +45,11 @@ def _prepare_task(prepare: Prepare, threads: int, shared: object, key: str) -> o
 
 
 class RayExecutor:
-    """Points as Ray tasks: `task_cpus` CPUs (torch threads) each, and one GPU when `gpu`."""
+    """Points as Ray tasks: `task_cpus` CPUs (torch threads) each, and `task_gpus` of a GPU (0: none;
+    a fraction lets several small-model points share one GPU)."""
 
     def __init__(self, address: str, shared: object, run: RunPoint, prepare: Prepare | None = None,
-                 task_cpus: int = 1, gpu: bool = False, progress: Callable[[str], None] = print):
+                 task_cpus: int = 1, task_gpus: float = 0.0, progress: Callable[[str], None] = print):
         require_ray()
         import ray
 
@@ -68,13 +69,14 @@ class RayExecutor:
         cpus, gpus = int(resources.get("CPU", 0)), int(resources.get("GPU", 0))
         if task_cpus > cpus:
             raise TensoredgeError(f"--task-cpus {task_cpus}: the Ray cluster has {cpus} CPUs; use at most {cpus}")
-        if gpu and not gpus:
-            raise TensoredgeError("--device cuda: the Ray cluster has no GPU; add GPU nodes or use --device cpu")
+        if task_gpus > gpus:
+            raise TensoredgeError(f"--device cuda: {task_gpus:g} GPU(s) per point and the Ray cluster has {gpus}; "
+                                  "add GPU nodes, lower --task-gpus or use --device cpu")
         nodes = len([n for n in ray.nodes() if n.get("Alive")])
         self.describe = f"Ray ({address}): {nodes} node(s), {cpus} CPUs, {gpus} GPUs; {task_cpus} CPU(s) per point" \
-            + (", 1 GPU" if gpu else "")
+            + (f", {task_gpus:g} GPU" if task_gpus else "")
         progress(self.describe)
-        options = {"num_cpus": task_cpus, "num_gpus": 1 if gpu else 0, "max_retries": RETRIES}
+        options = {"num_cpus": task_cpus, "num_gpus": task_gpus, "max_retries": RETRIES}
         self.point_task = ray.remote(_task).options(**options)
         self.prep_task = ray.remote(_prepare_task).options(**options)
         self.shared = ray.put(shared)  # once per sweep; every task takes the reference

@@ -262,7 +262,7 @@ def run_fc_sweep(model_ref: str, out_dir: Path, removals: tuple[float, ...] = (0
                  calibration_tokens: int = 8192, objective: str = "relative",
                  progress: Callable[[str], None] = print,
                  allocations: tuple[str, ...] = ("surgical", "uniform"), sensitivity=None,
-                 ray: str | None = None, task_cpus: int = 1, retry_failed: bool = False,
+                 ray: str | None = None, task_cpus: int = 1, task_gpus: float = 1.0, retry_failed: bool = False,
                  heal: HealSettings | None = None, device: str = "cpu", command: str | None = None,
                  context: int | None = None, stride: int | None = None, hopeless: float = HOPELESS) -> dict:
     """Measure every variant, in this process or (`ray`: "local" or a cluster address) as Ray tasks;
@@ -283,7 +283,8 @@ def run_fc_sweep(model_ref: str, out_dir: Path, removals: tuple[float, ...] = (0
         from toolkit.sweep.distributed import RayExecutor
 
         shared.keep_context = False
-        executor = RayExecutor(ray, shared, run_point, prepare_method, task_cpus, device.startswith("cuda"), progress)
+        gpus = task_gpus if device.startswith("cuda") else 0.0
+        executor = RayExecutor(ray, shared, run_point, prepare_method, task_cpus, gpus, progress)
         del shared  # the object store holds it now
         runner = executor.describe
     else:
