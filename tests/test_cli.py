@@ -87,20 +87,33 @@ def test_generate_greedy(tmp_path):
 
 
 def test_pipeline_end_to_end_on_tiny_gpt2(tmp_path):
+    """The demo's path: a budget (largest removal within +50% valid perplexity), int8 ONNX and Q8_0
+    GGUF of both variants, each benched, one table with the size x perplexity front marked."""
     out = tmp_path / "run"
-    done = tensoredge("pipeline", "--model", "tiny-gpt2", "--max-tokens", "600", "--out", str(out),
-                      "--decode-tokens", "8", "--json", str(tmp_path / "p.json"))
+    done = tensoredge("pipeline", "--model", "tiny-gpt2", "--fc", "svd-llm", "--max-ppl-increase", "0.5",
+                      "--max-tokens", "600", "--out", str(out), "--decode-tokens", "8", "--json", str(tmp_path / "p.json"))
     assert done.returncode == 0, done.stderr
     assert "dense" in done.stdout and "compressed" in done.stdout
     summary = json.loads((out / "summary.json").read_text())
     dense, small = summary["variants"]["dense"], summary["variants"]["compressed"]
+    budget = summary["fc_budget"]
+    assert summary["plan"]["fc"] == "svd-llm:max_ppl_increase=0.5,alloc=surgical" and budget["removed_of_fc"] > 0.1
+    assert budget["valid_perplexity"] <= 1.5 * budget["valid_perplexity_dense"]
     assert small["parameters"]["total"]["params"] < dense["parameters"]["total"]["params"]
     assert small["onnx"]["export"]["file_bytes"] < dense["onnx"]["export"]["file_bytes"]
-    assert dense["gguf"]["export"]["top1_agreement"] == 1.0
+    assert set(dense["onnx"]["export"]["files"]) == {"int8"} and dense["gguf"]["export"]["weight_type"] == "q8_0"
     for variant in (dense, small):
         for runtime in ("onnx", "gguf"):
             assert variant[runtime]["bench"]["decode_tokens_per_s"]["median"] > 0
+    sizes = {(n, f): v[f]["export"]["file_bytes"] for n, v in summary["variants"].items() for f in ("onnx", "gguf")}
+    name, fmt = min(sizes, key=sizes.get)  # the smallest file is never dominated
+    row = next(line for line in done.stdout.splitlines() if line.startswith(name))
+    assert row.split()[-1].rstrip(",") in ("ONNX", "GGUF") and fmt.upper() in row.split("  ")[-1]
+    verdicts = [line for line in done.stdout.splitlines() if line.startswith("compressed ") and " is " in line]
+    assert len(verdicts) == 2 and all("is on the size x perplexity front" in v or "is beaten by" in v
+                                      for v in verdicts)
     assert summary["evaluation"]["tokens"] == 600
-    assert "subset of WikiText-2 test" in (out / "summary.md").read_text()
+    report = (out / "summary.md").read_text()
+    assert "subset of WikiText-2 test" in report and "largest removal found within +50%" in report
     assert (out / "compressed" / "manifest.json").is_file()
     assert json.loads((tmp_path / "p.json").read_text())["schema"] == "tensoredge.pipeline/1"

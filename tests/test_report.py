@@ -15,7 +15,7 @@ from toolkit.report import pareto_front
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 PLOTS = ["size_vs_perplexity.png", "toks_vs_size.png", "joules_vs_size.png"]
-BENCH_FILES = ["dense.onnx", "dense-f32.gguf", "compressed.onnx", "compressed-f32.gguf"]
+BENCH_FILES = ["dense-int8.onnx", "dense-q8_0.gguf", "compressed-int8.onnx", "compressed-q8_0.gguf"]
 
 
 @pytest.fixture(scope="module")
@@ -109,7 +109,7 @@ def test_benches_with_energy_and_eval(pipeline_out, tmp_path):
         paths.append(tmp_path / f"b{i}.json")
         paths[-1].write_text(json.dumps(bench))
     summary = json.loads((pipeline_out / "summary.json").read_text())
-    evaluation = {"model": "dense-f32.gguf", "dataset": "wikitext-2 test", "tokens": 300,  # eval --json's shape
+    evaluation = {"model": "dense-q8_0.gguf", "dataset": "wikitext-2 test", "tokens": 300,  # eval --json's shape
                   "scores": {"model": summary["variants"]["dense"]["scores"]}}
     (tmp_path / "eval.json").write_text(json.dumps(evaluation))
 
@@ -120,11 +120,11 @@ def test_benches_with_energy_and_eval(pipeline_out, tmp_path):
     png_size(tmp_path / "r" / "size_vs_perplexity.png")
     png_size(tmp_path / "r" / "joules_vs_size.png")
     cells = {row[0]: row for row in runs_table(markdown)}
-    assert float(cells["dense-f32.gguf"][9]) == pytest.approx(evaluation["scores"]["model"]["perplexity"], rel=1e-4)
-    assert cells["dense.onnx"][9] == "-"
-    assert cells["dense.onnx"][10] == "0.5 (measured, rapl)"
-    assert cells["dense-f32.gguf"][10] == "0.25 (estimated, cpu-model)" and cells["dense-f32.gguf"][11] == "rpi5"
-    assert cells["compressed.onnx"][10] == "-"
+    assert float(cells["dense-q8_0.gguf"][9]) == pytest.approx(evaluation["scores"]["model"]["perplexity"], rel=1e-4)
+    assert cells["dense-int8.onnx"][9] == "-"
+    assert cells["dense-int8.onnx"][10] == "0.5 (measured, rapl)"
+    assert cells["dense-q8_0.gguf"][10] == "0.25 (estimated, cpu-model)" and cells["dense-q8_0.gguf"][11] == "rpi5"
+    assert cells["compressed-int8.onnx"][10] == "-"
     assert "Energy meters not available: rapl: no permission to read energy_uj." in markdown
     assert "Energy estimates: test." in markdown
 
@@ -148,9 +148,9 @@ def test_emulated_runs_are_never_shown_as_speed(pipeline_out, tmp_path):
     markdown = (tmp_path / "r" / "report.md").read_text()
     cells = {row[0]: row for row in runs_table(markdown)}
     speed = f"{emulated['decode_tokens_per_s']['median']:.1f}"
-    assert cells["compressed.onnx"][5:9] == ["not timed†", "-", "-", "-"] and cells["compressed.onnx"][10] == "-"
-    assert cells["compressed.onnx"][11] == "qemu-aarch64" and speed not in cells["compressed.onnx"]
-    assert cells["dense.onnx"][5] == f"{native['decode_tokens_per_s']['median']:.1f}" and cells["dense.onnx"][11] == "-"
+    assert cells["compressed-int8.onnx"][5:9] == ["not timed†", "-", "-", "-"] and cells["compressed-int8.onnx"][10] == "-"
+    assert cells["compressed-int8.onnx"][11] == "qemu-aarch64" and speed not in cells["compressed-int8.onnx"]
+    assert cells["dense-int8.onnx"][5] == f"{native['decode_tokens_per_s']['median']:.1f}" and cells["dense-int8.onnx"][11] == "-"
     assert "†Ran under qemu-aarch64" in markdown
     (tmp_path / "r2").mkdir()
     done = tensoredge("report", str(tmp_path / "arm64.json"), "--out", str(tmp_path / "r2"))  # emulated alone

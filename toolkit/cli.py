@@ -55,6 +55,30 @@ def add_sensitivity(p: argparse.ArgumentParser) -> None:
                         "(default: %(default)s)")
 
 
+def add_budget(p: argparse.ArgumentParser) -> None:
+    """--fc METHOD with --remove or --max-ppl-increase, and how the budget is spent."""
+    p.add_argument("--fc", metavar="METHOD", help="budgeted MLP + attention compression with svd, asvd, svd-llm "
+                                                 "or feature; give --remove or --max-ppl-increase")
+    p.add_argument("--remove", type=float, help="fraction of the MLP + attention parameters (with --scope all: of "
+                                                "all parameters) to remove, e.g. 0.2")
+    p.add_argument("--max-ppl-increase", type=float,
+                   help="instead of --remove: largest removal whose WikiText-2 valid perplexity rises at most "
+                        "this much, e.g. 0.4 for +40%%")
+    p.add_argument("--device", default="cpu", help="where the calibration pass runs, e.g. cuda (default: %(default)s)")
+    p.add_argument("--alloc", choices=["surgical", "uniform", "sensitivity", "refined"], default="surgical",
+                   help="per-layer ranks by each layer's output error, the same ratio everywhere, by the "
+                        "measured rise in KL when each layer alone is truncated, or that refined by a second "
+                        "pass measured in its context (default: %(default)s)")
+    p.add_argument("--scope", choices=["fc", "all"], default="fc",
+                   help="all: --remove counts every parameter, and the budget is split between the FC layers, "
+                        "the embedding and the head by measured sensitivity (needs --alloc sensitivity)")
+    p.add_argument("--calibration", default="valid",
+                   help="text the calibrated methods (asvd, svd-llm, feature, sensitivity) read: valid "
+                        "(WikiText-2 valid), books (public-domain books) or valid,books in equal shares "
+                        "(default: %(default)s)")
+    add_sensitivity(p)
+
+
 def plan_of(args: argparse.Namespace) -> dict[str, str]:
     return {target: spec for target in ("embedding", "mlp", "attention") if (spec := getattr(args, target, None))}
 
@@ -87,26 +111,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("compress", help="compress a model and save it (safetensors + manifest)")
     add_model(p)
     add_plan(p)
-    p.add_argument("--fc", metavar="METHOD", help="budgeted MLP + attention compression with svd, asvd, svd-llm "
-                                                 "or feature; give --remove or --max-ppl-increase")
-    p.add_argument("--remove", type=float, help="fraction of the MLP + attention parameters (with --scope all: of "
-                                                "all parameters) to remove, e.g. 0.2")
-    p.add_argument("--max-ppl-increase", type=float,
-                   help="instead of --remove: largest removal whose WikiText-2 valid perplexity rises at most "
-                        "this much, e.g. 0.4 for +40%%")
-    p.add_argument("--device", default="cpu", help="where the calibration pass runs, e.g. cuda (default: %(default)s)")
-    p.add_argument("--alloc", choices=["surgical", "uniform", "sensitivity", "refined"], default="surgical",
-                   help="per-layer ranks by each layer's output error, the same ratio everywhere, by the "
-                        "measured rise in KL when each layer alone is truncated, or that refined by a second "
-                        "pass measured in its context (default: %(default)s)")
-    p.add_argument("--scope", choices=["fc", "all"], default="fc",
-                   help="all: --remove counts every parameter, and the budget is split between the FC layers, "
-                        "the embedding and the head by measured sensitivity (needs --alloc sensitivity)")
-    p.add_argument("--calibration", default="valid",
-                   help="text the calibrated methods (asvd, svd-llm, feature, sensitivity) read: valid "
-                        "(WikiText-2 valid), books (public-domain books) or valid,books in equal shares "
-                        "(default: %(default)s)")
-    add_sensitivity(p)
+    add_budget(p)
     p.add_argument("--out", required=True, help="output folder")
     add_force(p)
     add_json(p)
@@ -141,8 +146,11 @@ def build_parser() -> argparse.ArgumentParser:
                         "pip install 'tensoredge[ray]')")
     p.add_argument("--task-cpus", type=int, default=1,
                    help="with --ray: CPUs (torch threads) per point (default: %(default)s)")
+    p.add_argument("--task-gpus", type=float, default=1.0,
+                   help="with --ray and --device cuda: GPUs per point; a fraction such as 0.25 runs four "
+                        "small-model points on each GPU at once (default: %(default)s)")
     p.add_argument("--device", default="cpu",
-                   help="where points are scored (and healed), e.g. cuda: one GPU per Ray task (default: %(default)s)")
+                   help="where points are scored (and healed), e.g. cuda: --task-gpus GPUs per Ray task (default: %(default)s)")
     p.add_argument("--retry-failed", action="store_true",
                    help="run again the points a previous run recorded as failed (finished points are skipped)")
     p.add_argument("--hopeless", type=float, default=1000.0, metavar="PPL",
@@ -154,6 +162,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--heal-lr", type=float, default=1e-4, help="fc --heal: learning rate (default: %(default)s)")
     p.add_argument("--heal-batch", type=int, default=4, help="fc --heal: sequences per step (default: %(default)s)")
     p.add_argument("--heal-seq-len", type=int, default=256, help="fc --heal: tokens per sequence (default: %(default)s)")
+    p.add_argument("--heal-tokens", type=int, default=65536,
+                   help="fc --heal: distil on the first N WikiText-2 valid tokens (more than it holds: all of it; "
+                        "default: %(default)s)")
     add_json(p)
 
     p = sub.add_parser("export", help="export to ONNX (factors kept), GGUF (llama.cpp) or the factorized "
@@ -273,13 +284,18 @@ def build_parser() -> argparse.ArgumentParser:
     add_force(p)
     add_json(p)
 
-    p = sub.add_parser("pipeline", help="load, compress, evaluate, export and bench; one summary table")
+    p = sub.add_parser("pipeline", help="load, compress, evaluate, export and bench; one summary table. Without a "
+                                        "plan: the model's demo plan (smollm2-135m: the largest svd-llm removal "
+                                        "within +10%% valid perplexity)")
     add_model(p)
     add_plan(p)
+    add_budget(p)
     add_eval_window(p, max_tokens=8192)
     p.add_argument("--out", help="report folder (default: tensoredge-out/<model>)")
     add_force(p)
-    p.add_argument("--gguf-type", default="f32", help="GGUF weight type (default: %(default)s)")
+    p.add_argument("--gguf-type", default="q8_0", help="GGUF weight type (default: %(default)s)")
+    p.add_argument("--onnx-precision", default="int8", choices=["fp32", "fp16", "int8", "int4"],
+                   help="ONNX weight precision (default: %(default)s)")
     p.add_argument("--prompt-tokens", type=int, default=64)
     p.add_argument("--decode-tokens", type=int, default=32)
     p.add_argument("--threads", type=int, help="CPU threads for the benches (default: physical cores)")

@@ -153,10 +153,7 @@ def compress(args: argparse.Namespace) -> dict:
     if not plan and not budget:
         raise TensoredgeError("nothing to compress: give --embedding, --mlp and/or --attention SPEC, e.g. --mlp svd:ratio=1.5, "
                               "or --fc METHOD with --remove or --max-ppl-increase")
-    if budget and ({"mlp", "attention"} & set(plan)):
-        raise TensoredgeError("--fc already compresses the MLP and attention layers: drop --mlp/--attention")
-    if args.scope == "all" and "embedding" in plan:
-        raise TensoredgeError("--scope all chooses the embedding and head itself: drop --embedding")
+    check_plan_budget(plan, budget, args.scope)
     check_device(args.device)
     calibration = check_calibration(args.calibration)
     loaded = open_model(args.model)
@@ -184,6 +181,16 @@ def compress(args: argparse.Namespace) -> dict:
             "parameters_before": before, "parameters_after": after, "fc_budget": allocation}
 
 
+def check_plan_budget(plan: dict[str, str], budget: str | None, scope: str) -> None:
+    """Targets named twice, by a plan and by the --fc budget, are one-line errors."""
+    from toolkit.errors import TensoredgeError
+
+    if budget and ({"mlp", "attention"} & set(plan)):
+        raise TensoredgeError("--fc already compresses the MLP and attention layers: drop --mlp/--attention")
+    if scope == "all" and "embedding" in plan:
+        raise TensoredgeError("--scope all chooses the embedding and head itself: drop --embedding")
+
+
 def fc_budget(args: argparse.Namespace) -> str | None:
     """The --fc budget as text for the manifest's plan, or None; half-given budgets are errors."""
     from toolkit.errors import TensoredgeError
@@ -198,6 +205,19 @@ def fc_budget(args: argparse.Namespace) -> str | None:
         raise TensoredgeError("--scope all needs --alloc sensitivity and --remove FRACTION")
     goal = f"remove={args.remove:g}" if args.remove is not None else f"max_ppl_increase={args.max_ppl_increase:g}"
     return f"{args.fc}:{goal},alloc={args.alloc}" + (",scope=all" if args.scope == "all" else "")
+
+
+def set_budget(args: argparse.Namespace, text: str | None) -> None:
+    """Set --fc/--remove/--max-ppl-increase/--alloc from a budget as plans record it
+    ("svd-llm:max_ppl_increase=0.1,alloc=surgical"), e.g. a registered model's demo plan."""
+    if not text:
+        return
+    method, _, params = text.partition(":")
+    values = dict(item.split("=", 1) for item in params.split(",") if item)
+    args.fc, args.alloc = method, values.get("alloc", args.alloc)
+    for key in ("remove", "max_ppl_increase"):
+        if key in values:
+            setattr(args, key, float(values[key]))
 
 
 def run_fc_budget(loaded, args: argparse.Namespace, calibration: tuple[str, ...] = ("valid",)) -> dict:
@@ -256,12 +276,12 @@ def sweep_fc(args: argparse.Namespace) -> dict:
             removals = tuple(float(x) for x in args.removals.split(","))
         except ValueError:
             raise TensoredgeError(f"--removals '{args.removals}' must be fractions, e.g. 0.1,0.2,0.3") from None
-        heal = HealSettings(args.heal, args.heal_batch, args.heal_seq_len, args.heal_lr) if args.heal else None
+        heal = HealSettings(args.heal, args.heal_batch, args.heal_seq_len, args.heal_lr, args.heal_tokens) if args.heal else None
         result = run_fc_sweep(args.model, out, removals, tuple(args.methods.split(",")), args.max_tokens,
                               args.calibration_tokens, args.objective, progress=say,
                               allocations=tuple(args.allocs.split(",")),
                               sensitivity=SensitivityConfig(tokens=args.sensitivity_tokens),
-                              ray=args.ray, task_cpus=args.task_cpus, retry_failed=args.retry_failed, heal=heal,
+                              ray=args.ray, task_cpus=args.task_cpus, task_gpus=args.task_gpus, retry_failed=args.retry_failed, heal=heal,
                               device=args.device, command=command_line(sys.argv[1:]),
                               context=args.context, stride=args.stride, hopeless=args.hopeless)
     print(f"wrote {render(result, out)}")

@@ -13,7 +13,7 @@ from toolkit.files import atomic_path
 from toolkit.table import markdown_table, mib, num
 
 SUMMARY_HEADERS = ["model", "params", "ONNX file", "GGUF file", "perplexity", "KL", "top-1",
-                   "ONNX tok/s", "GGUF tok/s", "ONNX peak RSS", "GGUF peak RSS"]
+                   "ONNX tok/s", "GGUF tok/s", "ONNX peak RSS", "GGUF peak RSS", "front"]
 RUN_HEADERS = ["file", "format", "runtime", "threads", "size", "decode tok/s", "decode min–max",
                "prefill tok/s", "peak RSS", "perplexity", "J/token", "emulated"]
 PIPELINE_SCHEMA = "tensoredge.pipeline/1"
@@ -21,7 +21,10 @@ BENCH_SET_SCHEMA = "tensoredge.bench-set/1"  # many bench rows in one file: {"sc
 
 
 def summary_rows(summary: dict) -> tuple[list[str], list[list[str]]]:
-    """One row per variant (dense, compressed) of a pipeline summary."""
+    """One row per variant (dense, compressed) of a pipeline summary; `front` names its files that
+    no other file of the run beats on both size and perplexity."""
+    files = summary_files(summary)
+    on_front = {(files[i][0], files[i][1]) for i in pareto_front([(f[2], f[3]) for f in files])}
     rows = []
     for name, v in summary["variants"].items():
         onnx, gguf, scores = v["onnx"], v["gguf"], v["scores"]
@@ -47,8 +50,39 @@ def summary_rows(summary: dict) -> tuple[list[str], list[list[str]]]:
             bench(gguf, "decode_tokens_per_s"),
             bench(onnx, "peak_rss_sampled_bytes"),
             bench(gguf, "peak_rss_sampled_bytes"),
+            ", ".join(fmt.upper() for fmt in ("onnx", "gguf") if (name, fmt) in on_front) or "-",
         ])
     return SUMMARY_HEADERS, rows
+
+
+def summary_files(summary: dict) -> list[tuple[str, str, int, float]]:
+    """(variant, format, file bytes, perplexity) of every file a pipeline run wrote."""
+    return [(name, fmt, v[fmt]["export"]["file_bytes"], v["scores"]["perplexity"])
+            for name, v in summary["variants"].items() for fmt in ("onnx", "gguf") if "export" in v[fmt]]
+
+
+def front_verdict(summary: dict) -> list[str]:
+    """One line per compressed file: on the size x perplexity front, or which dense file beats it."""
+    files = summary_files(summary)
+    front = set(pareto_front([(f[2], f[3]) for f in files]))
+
+    def label(f: tuple) -> str:
+        kind = summary["variants"][f[0]]["gguf"]["export"]["weight_type"] if f[1] == "gguf" else \
+            "+".join(summary["variants"][f[0]]["onnx"]["export"]["files"])
+        return f"{f[0]} {f[1].upper()} {kind} ({mib(f[2])}, perplexity {f[3]:.2f})"
+
+    lines = []
+    for i, f in enumerate(files):
+        if f[0] == "dense":
+            continue
+        if i in front:
+            lines.append(f"{label(f)} is on the size x perplexity front.")
+            continue
+        best = min((g for g in files if g[2] <= f[2] and g[3] <= f[3] and g != f), key=lambda g: g[2])
+        smaller = f"{mib(f[2] - best[2])} smaller" if best[2] < f[2] else "the same size"
+        better = f"{1 - best[3] / f[3]:.1%} lower perplexity" if best[3] < f[3] else "the same perplexity"
+        lines.append(f"{label(f)} is beaten by {label(best)}: {smaller}, {better}.")
+    return lines
 
 
 def footnotes(summary: dict) -> list[str]:
@@ -66,25 +100,43 @@ def footnotes(summary: dict) -> list[str]:
         "ONNX decode uses the export's KV cache; ONNX keeps the factors.",
         *[f"{line} (the export failed its own check against PyTorch)" for line in refused],
         "GGUF files hold dense (materialised) weights: llama.cpp cannot run factorized layers.",
+        "front: the files no other file here beats on both size and perplexity (each variant's perplexity is its "
+        "PyTorch float32 model's; the quantized files' own is not measured here).",
+        *budget_note(summary.get("fc_budget")),
         f"Machine: {m.get('cpu_model')}, {m.get('cores_physical')} physical / {m.get('cores_logical')} logical "
         f"cores, {mib(m.get('memory_total_bytes'))}; {m.get('os')}.",
     ]
 
 
+def budget_note(allocation: dict | None) -> list[str]:
+    """How a budgeted compression (--fc ... --max-ppl-increase or --remove) came out."""
+    if not allocation:
+        return []
+    note = (f"{allocation['method']} with {allocation['allocation']} ranks: {allocation['removed_of_fc']:.1%} of the "
+            f"MLP + attention parameters removed")
+    if allocation.get("max_ppl_increase") is not None:
+        note += (f", the largest removal found within +{allocation['max_ppl_increase']:.0%} perplexity on held-out "
+                 f"WikiText-2 valid ({allocation['valid_perplexity_dense']:.2f} -> "
+                 f"{allocation['valid_perplexity']:.2f})")
+    return [note + ", training-free."]
+
+
 def summary_markdown(summary: dict) -> str:
     headers, rows = summary_rows(summary)
     args = summary["arguments"]
-    command = f"tensoredge pipeline --model {args['model']}" + "".join(
-        f" --{k} {v}" for k, v in summary["plan"].items())
+    command = summary.get("command") or f"tensoredge pipeline --model {args['model']}" + "".join(
+        f" --{k} {v}" for k, v in summary["plan"].items() if k in ("embedding", "mlp", "attention"))
     lines = [
         f"# tensoredge pipeline: {summary['model']}",
         "",
-        f"Command: `{command} --max-tokens {args['max_tokens']}` ({summary['timestamp']}, "
+        f"Command: `{command}` ({summary['timestamp']}, "
         f"{summary['seconds']:.0f} s)",
         "",
         f"Weights: {summary['source']}. Plan: {summary['plan']}.",
         "",
         markdown_table(headers, rows),
+        "",
+        *[f"- **{line}**" for line in front_verdict(summary)],
         "",
         *[f"- {note}" for note in footnotes(summary)],
         "",

@@ -342,7 +342,7 @@ def compress_to_perplexity_(model: nn.Module, family: str, method: str, max_incr
     ids = valid[ctx.calibration_tokens : ctx.calibration_tokens + held_out]
     if len(ids) < 256:
         ids = valid[-held_out:]  # a short split: fall back to its tail (still valid, never test)
-    length = min(512, len(ids))
+    length = min(512, len(ids), model.config.max_position_embeddings)  # tiny models have short contexts
     base = math.exp(calibration_nll(model, ids, length))
     low, high, best = 0.0, 0.6, None
     for step in range(steps):
@@ -362,5 +362,6 @@ def compress_to_perplexity_(model: nn.Module, family: str, method: str, max_incr
         raise TensoredgeError(f"no removal within +{max_increase:.0%} valid perplexity was found: allow more")
     remove, ranks, ppl = best
     apply_ranks_(model, facts, ranks)
-    return {"method": method, "allocation": how, "remove": remove, "valid_perplexity_dense": base,
+    return {"method": method, "allocation": how, "remove": remove, "max_ppl_increase": max_increase,
+            "valid_perplexity_dense": base,
             "valid_perplexity": ppl, **summary(model, facts, ranks)}
