@@ -98,7 +98,9 @@ def compare(
                 sums[name][2] += (logp.argmax(-1) == ref_logp.argmax(-1)).sum()
         before, done = done, done + len(group)
         if progress and (done * 20 // len(windows) > before * 20 // len(windows) or done == len(windows)):
-            progress(f"eval window {done}/{len(windows)} ({time.time() - start:.0f} s)")
+            spent = time.time() - start
+            left = f", about {spent / done * (len(windows) - done) / 60:.0f} min left" if done < len(windows) else ""
+            progress(f"eval window {done}/{len(windows)} ({spent:.0f} s{left})")
     scores = {}
     for name, values in sums.items():
         nll, kl, agree = values.tolist()

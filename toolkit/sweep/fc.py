@@ -235,7 +235,7 @@ def prepare_shared(model_ref: str, max_tokens: int | None, calibration_tokens: i
     ids = wikitext2_ids(loaded.tokenizer, "test")[:max_tokens]
     windows = strided_windows(ids, context, stride)
     progress(f"dense reference on {len(ids)} WikiText-2 test tokens ({len(windows)} windows)")
-    reference = Reference(model, windows)
+    reference = Reference(model, windows, device)
     fc_dense = sum(p.numel() for path in fc_paths(model, loaded.family) for p in model.get_submodule(path).parameters())
     valid = valid_ids(loaded.tokenizer)
     shared = Shared(model, loaded.family, loaded.tokenizer, valid[:calibration_tokens], calibration_tokens, objective,

@@ -15,17 +15,21 @@ class Reference:
     """Log-probabilities of `model` on `windows`; `score(candidate)` gives perplexity, KL(dense ||
     candidate) and top-1 agreement per scored token."""
 
-    def __init__(self, model: torch.nn.Module, windows: list):
+    def __init__(self, model: torch.nn.Module, windows: list, device: str = "cpu"):
+        """`device`: where the dense model runs for this pass (it goes back to the CPU after); the
+        log-probabilities are kept on the CPU."""
         self.windows, self.logps = windows, []
         nll = tokens = 0.0
+        model.to(device)
         with torch.inference_mode():
             for window in windows:
-                ids = torch.tensor([window.ids])
+                ids = torch.tensor([window.ids], device=device)
                 logp = F.log_softmax(model(ids).logits[0, window.first_scored : -1].float(), dim=-1)
                 targets = ids[0, window.first_scored + 1 :]
                 nll -= float(logp.gather(-1, targets[:, None]).sum())
                 tokens += targets.numel()
-                self.logps.append(logp.numpy())
+                self.logps.append(logp.cpu().numpy())
+        model.to("cpu")
         self.scores = {"perplexity": math.exp(nll / tokens), "kl": 0.0, "top1_agreement": 1.0}
 
     @torch.inference_mode()
