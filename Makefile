@@ -8,8 +8,8 @@ TORCH_SPEC ?= torch==2.13.0
 TORCH_PIP_ARGS ?=
 # llama-cpp-python compiles llama.cpp (about 10 minutes on 2 cores); see the script for why.
 LLAMA_CMAKE_ARGS ?= $(shell sh scripts/llama-cpp-cmake-args.sh)
-# 4,096 test tokens, not the pipeline's 8,192: the budget search and its calibration take 2.5 of the
-# demo's 5.7 minutes on 2 cores (README)
+# 4,096 test tokens, not the pipeline's 8,192: svd-llm's calibration, factorization and budget
+# search take 3.2 of the demo's 5.4 minutes on 2 cores (README)
 DEMO_ARGS ?= --max-tokens 4096
 
 .PHONY: install demo test arm64-check clean

@@ -27,6 +27,9 @@
 #   HEAL_ARGS="--batch 16 --seq-len 512 --steps 4000 --eval-every 250" \
 #   DEADLINE=$(( $(date +%s) + 540 )) benchmarks/gpu_heal.sh
 #
+# RUNS="0:0 0:1 1:0" heals only those plan:heal pairs (default: every plan with every HEALS entry).
+# SHARE_PROFILE=1: plans with --alloc sensitivity share one measured profile per calibration text
+# (`compress --sensitivity-profile`): the first measures it alone, the others read it.
 # In HEALS, @gen<k> stands for the samples folder of the k-th entry of GENS (temperature:top-p).
 # STAGES (default "gen compress heal eval export") picks stages. DEADLINE (epoch seconds) is when every heal
 # run must have stopped training; EVAL_RESERVE seconds (default 90) are left for its own evaluation
@@ -41,6 +44,7 @@ HEAL_ARGS=${HEAL_ARGS:-}    # options for every heal run
 GENS=${GENS:-}              # temperature:top-p per teacher-sample setting, separated by |
 GEN_TOKENS=${GEN_TOKENS:-8000000} GEN_LENGTH=${GEN_LENGTH:-480} GEN_PROMPT=${GEN_PROMPT:-32}
 GEN_BATCH=${GEN_BATCH:-1024} GEN_PROMPTS=${GEN_PROMPTS:-valid}  # texts the prompts come from (valid, books)
+RUNS=${RUNS:-}              # plan:heal pairs to run, e.g. "0:0 1:1" (default: all)
 STAGES=${STAGES:-gen compress heal eval export}
 DEADLINE=${DEADLINE:-0} EVAL_RESERVE=${EVAL_RESERVE:-90}
 TRAIN_SECONDS=${TRAIN_SECONDS:-} PROBE_SECONDS=${PROBE_SECONDS:-45}  # set: each run's --steps is measured to last this long (stage heal)
@@ -49,6 +53,8 @@ EXPORT_ARGS=${EXPORT_ARGS:---precision int4}
 EVAL_ARGS=${EVAL_ARGS:-}    # extra benchmarks/heal_eval.py options, e.g. --max-tokens N (default: the full texts)
 QUANT_EVAL=${QUANT_EVAL-int4}  # also evaluate every model with its weights fake-quantized so ("": no)
 PY=${PY:-python3}
+THREADS=${THREADS:-2}       # OMP threads of each compress and generate process (16 cores, many processes:
+                            # unlimited, nine at once ran 4-5x slower, benchmarks/results/goal-2026-12-02-h200)
 if [ "$DEVICE" = cuda ]; then
     source benchmarks/gpu_setup.sh
     MODEL=${MODEL:-${GGUF:?the GGUF parts are not all here yet: carry .gguf-parts/ part by part, in calls made back to back}}
@@ -60,6 +66,7 @@ export PYTHONUNBUFFERED=1
 mkdir -p "$RESULTS" "$WORK/logs"
 LOGS=$WORK/logs
 has() { [[ " $STAGES " == *" $1 "* ]]; }
+wanted() { [ -z "$RUNS" ] || [[ " $RUNS " == *" $1:$2 "* ]]; }  # wanted I J: is plan I healed with HEALS entry J
 IFS='|' read -ra plans <<< "$PLANS"
 IFS='|' read -ra heals <<< "${HEALS:- }"
 IFS='|' read -ra gens <<< "$GENS"
@@ -71,13 +78,30 @@ save_compressed(open_model(sys.argv[1]), {}, sys.argv[2])" "$MODEL" "$WORK/dense
     dense_pid=$!
 fi
 
+compress_plan() {  # compress_plan I: plan I compressed, in the background
+    local profile=()
+    # plans measuring sensitivity share one profile per calibration (SHARE_PROFILE=1): measured by the first
+    if [ -n "${SHARE_PROFILE:-}" ] && [[ "${plans[$1]}" == *"--alloc sensitivity"* ]]; then
+        local calibration=valid
+        [[ "${plans[$1]}" =~ --calibration\ ([^ ]+) ]] && calibration=${BASH_REMATCH[1]}
+        profile=(--sensitivity-profile "$WORK/profile-${calibration//,/+}.json")
+    fi
+    # shellcheck disable=SC2086 # a plan is several arguments
+    OMP_NUM_THREADS=$THREADS $PY -m toolkit.cli compress --model "$MODEL" ${plans[$1]} "${profile[@]}" --device "$DEVICE" \
+        --out "$WORK/plan$1/compressed" --json "$LOGS/compress-plan$1.json" > "$LOGS/compress-plan$1.log" 2>&1 &
+    pids+=($!)
+}
 if has compress; then  # side by side with the teacher's samples: each plan's own process
+    first=()
+    for i in "${!plans[@]}"; do  # with SHARE_PROFILE, the first sensitivity plan alone first: it measures
+        [ -f "$WORK/plan$i/compressed/manifest.json" ] && continue
+        if [ -n "${SHARE_PROFILE:-}" ] && [ ${#first[@]} = 0 ] && [[ "${plans[$i]}" == *"--alloc sensitivity"* ]]; then
+            compress_plan "$i"; first=("$i"); wait "${pids[-1]}" || true; pids=()
+        fi
+    done
     for i in "${!plans[@]}"; do
         [ -f "$WORK/plan$i/compressed/manifest.json" ] && continue
-        # shellcheck disable=SC2086 # a plan is several arguments
-        $PY -m toolkit.cli compress --model "$MODEL" ${plans[$i]} --device "$DEVICE" --out "$WORK/plan$i/compressed" \
-            --json "$LOGS/compress-plan$i.json" > "$LOGS/compress-plan$i.log" 2>&1 &
-        pids+=($!)
+        compress_plan "$i"
     done
 fi
 [ -n "${dense_pid:-}" ] && wait "$dense_pid"
@@ -86,7 +110,7 @@ if has gen; then
     for k in "${!gens[@]}"; do
         temperature=${gens[$k]%%:*} top_p=${gens[$k]##*:}
         [ -f "$WORK/gen$k/samples.json" ] && continue
-        $PY -m toolkit.cli heal-data generate --teacher "$WORK/dense" --tokens "$GEN_TOKENS" --length "$GEN_LENGTH" \
+        OMP_NUM_THREADS=$THREADS $PY -m toolkit.cli heal-data generate --teacher "$WORK/dense" --tokens "$GEN_TOKENS" --length "$GEN_LENGTH" \
             --prompt-length "$GEN_PROMPT" --prompts "$GEN_PROMPTS" --temperature "$temperature" --top-p "$top_p" --batch "$GEN_BATCH" \
             --seed "$k" --device "$DEVICE" --out "$WORK/gen$k" --json "$LOGS/gen$k.json" > "$LOGS/gen$k.log" 2>&1 &
         pids+=($!)
@@ -111,6 +135,7 @@ if has heal && [ -n "$TRAIN_SECONDS" ]; then
     pids=() probes=()
     for i in "${!plans[@]}"; do
         for j in "${!heals[@]}"; do
+            wanted "$i" "$j" || continue
             [ -f "$WORK/plan$i-heal$j.steps" ] && continue
             heal_run "$i" "$j" "$LOGS/probe-plan$i-heal$j.log" --steps 100000 --time-limit "$PROBE_SECONDS" --eval-every 0 \
                 --max-tokens 2048 --checkpoint-every 100000 --out "$WORK/probe/plan$i-heal$j"
@@ -137,6 +162,7 @@ if has heal; then
     pids=()
     for i in "${!plans[@]}"; do
         for j in "${!heals[@]}"; do
+            wanted "$i" "$j" || continue
             printf 'plan: %s\ncommon: %s\nheal: %s\n' "${plans[$i]}" "$HEAL_ARGS" "${heals[$j]}" \
                 > "$LOGS/heal-plan$i-heal$j.options"
             steps=()

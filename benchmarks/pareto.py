@@ -179,10 +179,9 @@ def plots(rows: list[dict], on_front: dict[str, set], machine: str, out: Path) -
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    healed_bench = REPO / "benchmarks/results/runtime-healed/smollm2-135m/runtime_bench.json"
+    healed_benches = sorted((REPO / "benchmarks/results").glob("runtime-healed*/smollm2-135m/runtime_bench.json"))
     p.add_argument("--bench", type=Path, nargs="+",
-                   default=[REPO / "benchmarks/results/runtime/smollm2-135m/runtime_bench.json"]
-                   + ([healed_bench] if healed_bench.is_file() else []),
+                   default=[REPO / "benchmarks/results/runtime/smollm2-135m/runtime_bench.json", *healed_benches],
                    help="runtime_bench.json files: the first one's rows, plus rows only the others have")
     p.add_argument("--heal", type=Path, default=REPO / "benchmarks/results/heal-2026-12-01-h200-books")
     p.add_argument("--work", default="/tmp/tensoredge-runtime-bench/smollm2-135m", help="runtime_bench's files")
@@ -356,8 +355,11 @@ def render(args, bench, rows, table, sims, gpu_table, names, machine, shipping, 
     return f"""# Results: which SmolLM2-135M file to ship
 
 Regenerate: `python benchmarks/runtime_bench.py && python benchmarks/pareto.py` (this host), after
-`benchmarks/run_gpu_heal_session.sh` on the GPU (docs/healing.md); the healed file's rows:
-`python benchmarks/runtime_bench.py --onnx svd-llm-fc20-healed DIR --rows ... --out benchmarks/results/runtime-healed`
+the GPU sessions that heal and export the compressed files (docs/healing.md):
+`svd-llm-fc20-healed` from `benchmarks/run_gpu_heal_session.sh` (surgical ranks, 20% of FC, healed
+for int4 on 8.0M tokens), `svd-llm-fc10s-healed` from `benchmarks/run_gpu_goal_session.sh`
+(sensitivity ranks, 10% of FC, healed for int4 on 1.1M tokens only). Their rows:
+`python benchmarks/runtime_bench.py --onnx NAME DIR --rows ... --out benchmarks/results/runtime-healed[-2]`
 and `python benchmarks/pareto.py --merge [--text alice] --rows ...`. Written {datetime.now(timezone.utc):%Y-%m-%d}.
 
 ## Is a compressed file ahead of plain quantization?

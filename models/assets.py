@@ -16,3 +16,8 @@ def gpt2_tokenizer():
     from transformers import GPT2TokenizerFast
 
     return GPT2TokenizerFast.from_pretrained(gpt2_dir())
+
+
+def sensitivity_profile(name: str) -> Path:
+    """A measured sensitivity profile shipped for a registered model (toolkit.compress.profile_file)."""
+    return Path(str(resources.files("models") / "assets" / "profiles" / name))

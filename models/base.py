@@ -17,6 +17,7 @@ class ModelSpec:
     eval_context: int = 1024  # tokens per evaluation window
     context: int | None = None  # the longest sequence it takes (its position limit), known without loading
     demo_plan: dict[str, str] = field(default_factory=dict)  # target -> method spec
+    sensitivity_profiles: dict[str, str] = field(default_factory=dict)  # method -> file in models/assets/profiles
     notes: str = ""
 
 

@@ -139,3 +139,18 @@ def test_cli_sweep_fc_writes_json_table_and_plot(tmp_path):
     table = (tmp_path / "fc-sweep.md").read_text()
     assert "SVD-LLM (paper)" in table and "svd-llm (surgical)" in table
     assert (tmp_path / "fc-sweep.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_the_budget_search_never_judges_on_the_sensitivity_tokens():
+    """With measured sensitivity, the search's valid tokens start after the ones the profile measured."""
+    import torch
+
+    from toolkit.compress.budget import search_ids
+    from toolkit.compress.sensitivity import SensitivityConfig
+
+    valid = torch.arange(100_000)  # token i at position i
+    profile = {"config": {"tokens": SensitivityConfig().tokens}}
+    measured_on = set(range(16384, 16384 + SensitivityConfig().tokens))  # held_out_ids(tokenizer, 16384, tokens)
+    judged = search_ids(valid, 16384, profile, 2048)
+    assert len(judged) == 2048 and not measured_on & set(judged.tolist())
+    assert search_ids(valid, 16384, None, 2048)[0] == 16384  # without a profile: right after calibration

@@ -91,3 +91,14 @@ def test_default_model_is_real_smollm2_with_sane_perplexity():
     ids = wikitext2_ids(loaded.tokenizer)[:512]
     perplexity = compare(loaded.model, {}, strided_windows(ids, 512, 512))["reference"]["perplexity"]
     assert 5 < perplexity < 40  # pretrained weights: a random model of this vocab scores ~5e4
+
+    # the sensitivity profile shipped for its demo plan was measured on these very weights (on an H200)
+    from models import REGISTRY
+    from models.assets import sensitivity_profile
+    from toolkit.compress import profile_file
+    from toolkit.compress.sensitivity import SensitivityConfig
+
+    shipped = sensitivity_profile(REGISTRY["smollm2-135m"].sensitivity_profiles["svd-llm"])
+    ident = profile_file.identity(loaded.model, "svd-llm", ("valid",), 16384, SensitivityConfig())
+    profile = profile_file.read(shipped, ident)
+    assert len(profile["layers"]) == 210 and all(len(c["ranks"]) == len(c["kl"]) for c in profile["layers"].values())

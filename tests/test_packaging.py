@@ -26,3 +26,22 @@ def test_no_project_file_reads_the_steering_folder():
     root = Path(__file__).resolve().parent.parent
     offenders = [p for p in root.rglob("*.py") if ".venv" not in p.parts and "../" + "shared" in p.read_text()]
     assert offenders == []
+
+
+def test_the_library_never_imports_the_cli():
+    """compress, heal, export and bench code (everything but toolkit/cli.py) imports nothing from toolkit.cli."""
+    import ast
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    offenders = []
+    for folder in ("toolkit", "exporters", "device_bench", "models"):
+        for path in (root / folder).rglob("*.py"):
+            if path == root / "toolkit" / "cli.py":
+                continue
+            for node in ast.walk(ast.parse(path.read_text())):
+                names = ([a.name for a in node.names] if isinstance(node, ast.Import) else
+                         [node.module or ""] if isinstance(node, ast.ImportFrom) else [])
+                if any(n == "toolkit.cli" or n.startswith("toolkit.cli.") for n in names):
+                    offenders.append(f"{path.relative_to(root)}:{node.lineno}")
+    assert not offenders, offenders

@@ -226,3 +226,54 @@ def test_cli_compress_sensitivity_whole_model_saves_a_reloadable_model(tmp_path)
 def test_cli_whole_model_errors_are_one_line(args, fragments, tmp_path):
     assert_one_line_error(tensoredge("compress", "--model", "tiny-gpt2", *args, "--out", str(tmp_path / "x")),
                           *fragments)
+
+
+def test_a_profile_file_is_measured_once_then_read_and_refused_for_other_weights(tmp_path):
+    """--sensitivity-profile: the first run measures and writes it; a second run reads it and chooses
+    the same ranks; other weights (a different plan first) or a non-profile are one-line refusals."""
+    profile = tmp_path / "profile.json"
+    common = ["--model", "tiny-gpt2", "--fc", "svd", "--remove", "0.2", "--alloc", "sensitivity",
+              "--sensitivity-tokens", "64", "--sensitivity-profile", str(profile)]
+    first = tensoredge("compress", *common, "--out", str(tmp_path / "a"), "--json", str(tmp_path / "a.json"))
+    assert first.returncode == 0, first.stderr
+    written = json.loads(profile.read_text())
+    assert written["identity"]["method"] == "svd" and len(written["identity"]["weights_sha256"]) == 64
+    second = tensoredge("compress", *common, "--out", str(tmp_path / "b"), "--json", str(tmp_path / "b.json"))
+    assert second.returncode == 0, second.stderr
+    assert "sensitivity profile read from" in second.stdout + second.stderr
+    def chosen(allocation: dict) -> tuple:  # what the ranks decide (timings aside)
+        return allocation["fc_params_kept"], allocation["layers_dense"], allocation["predicted_kl"]
+
+    runs = [json.loads((tmp_path / f"{k}.json").read_text())["fc_budget"] for k in "ab"]
+    assert chosen(runs[0]) == chosen(runs[1]) and runs[0]["predicted_kl"] > 0
+    # a registered model's shipped profile is read the same way, and one for other weights is measured anew
+    import argparse
+
+    from toolkit.checkpoint import open_model
+    from toolkit.commands import run_fc_budget
+
+    args = argparse.Namespace(fc="svd", remove=0.2, max_ppl_increase=None, alloc="sensitivity", scope="fc",
+                              sensitivity_tokens=64, device="cpu", sensitivity_profile=None, shipped_profile=str(profile))
+    said = []
+    import toolkit.commands as commands
+    commands_say, commands.say = commands.say, said.append
+    try:
+        shipped = run_fc_budget(open_model("tiny-gpt2"), args)
+        other = json.loads(profile.read_text())
+        other["identity"]["weights_sha256"] = "0" * 64
+        (tmp_path / "other.json").write_text(json.dumps(other))
+        args.shipped_profile = str(tmp_path / "other.json")
+        measured = run_fc_budget(open_model("tiny-gpt2"), args)
+    finally:
+        commands.say = commands_say
+    assert any("shipped with the model" in line for line in said)
+    assert any("does not apply" in line and "weights_sha256" in line for line in said)
+    assert chosen(shipped) == chosen(runs[0])  # read: the very numbers
+    assert chosen(measured)[:2] == chosen(runs[0])[:2]  # measured again: the same ranks, KL to rounding
+    assert chosen(measured)[2] == pytest.approx(chosen(runs[0])[2], rel=1e-5)
+    assert_one_line_error(tensoredge("compress", *common, "--embedding", "svd-table:ratio=2", "--out",
+                                     str(tmp_path / "c")), "measured with another weights_sha256")
+    (tmp_path / "junk.json").write_text('{"format": "something else"}')
+    junk = [a if a != str(profile) else str(tmp_path / "junk.json") for a in common]
+    assert_one_line_error(tensoredge("compress", *junk, "--out", str(tmp_path / "d")), "not a sensitivity profile")
+    assert not (tmp_path / "d").exists()

@@ -76,11 +76,10 @@ def add_budget(p: argparse.ArgumentParser) -> None:
                    help="text the calibrated methods (asvd, svd-llm, feature, sensitivity) read: valid "
                         "(WikiText-2 valid), books (public-domain books) or valid,books in equal shares "
                         "(default: %(default)s)")
+    p.add_argument("--sensitivity-profile", metavar="FILE",
+                   help="sensitivity allocation: read the measured profile from FILE if it exists (refused if it "
+                        "was measured on other weights or settings), else measure it and write it there")
     add_sensitivity(p)
-
-
-def plan_of(args: argparse.Namespace) -> dict[str, str]:
-    return {target: spec for target in ("embedding", "mlp", "attention") if (spec := getattr(args, target, None))}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -135,6 +134,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--allocs", default="surgical,uniform",
                    help="fc: allocations of the low-rank methods: surgical, uniform, sensitivity, refined "
                         "(default: %(default)s)")
+    p.add_argument("--sensitivity-profile", metavar="FILE",
+                   help="sensitivity allocation: read the measured profile from FILE if it exists (refused if it "
+                        "was measured on other weights or settings), else measure it and write it there")
     add_sensitivity(p)
     p.add_argument("--objective", choices=["relative", "absolute"], default="relative",
                    help="fc: surgical allocation minimises the sum of per-layer output errors relative to each "

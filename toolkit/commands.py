@@ -142,7 +142,7 @@ def check_device(device: str) -> None:
 
 def compress(args: argparse.Namespace) -> dict:
     from toolkit.checkpoint import open_model, save_compressed
-    from toolkit.cli import plan_of
+    from toolkit.preflight import plan_of
     from toolkit.compress import compress_
     from toolkit.compress.context import check_calibration
     from toolkit.counting import count_parameters
@@ -156,6 +156,8 @@ def compress(args: argparse.Namespace) -> dict:
     check_plan_budget(plan, budget, args.scope)
     check_device(args.device)
     calibration = check_calibration(args.calibration)
+    check_profile_option(args)
+    args.shipped_profile = shipped_profile(args)
     loaded = open_model(args.model)
     before = count_parameters(loaded.model)
     start = time.time()
@@ -220,13 +222,79 @@ def set_budget(args: argparse.Namespace, text: str | None) -> None:
             setattr(args, key, float(values[key]))
 
 
+def check_profile_option(args: argparse.Namespace) -> None:
+    """--sensitivity-profile, before any loading: an existing file must be a profile, a new one needs
+    --alloc sensitivity or refined (the allocations that measure) and a folder to go in."""
+    from pathlib import Path
+
+    from toolkit.compress import profile_file
+    from toolkit.compress.budget import MEASURED
+    from toolkit.errors import TensoredgeError
+
+    path = getattr(args, "sensitivity_profile", None)
+    if not path:
+        return
+    if args.alloc not in MEASURED:
+        raise TensoredgeError(f"--sensitivity-profile is for --alloc sensitivity or refined (not {args.alloc})")
+    if Path(path).exists():
+        profile_file.read(path)
+    elif not Path(path).parent.is_dir():
+        raise TensoredgeError(f"--sensitivity-profile {path}: the folder {Path(path).parent} does not exist")
+
+
+def shipped_profile(args: argparse.Namespace) -> str | None:
+    """The sensitivity profile a registered model ships for the budget's method, when the budget measures
+    sensitivity and no --sensitivity-profile is given (run_fc_budget checks it fits these weights)."""
+    from toolkit.compress.budget import MEASURED
+    from models import REGISTRY
+    from models.assets import sensitivity_profile
+
+    spec = REGISTRY.get(args.model)
+    if args.fc is None or args.alloc not in MEASURED or getattr(args, "sensitivity_profile", None) or spec is None:
+        return None
+    name = spec.sensitivity_profiles.get(args.fc)
+    return str(sensitivity_profile(name)) if name else None
+
+
 def run_fc_budget(loaded, args: argparse.Namespace, calibration: tuple[str, ...] = ("valid",)) -> dict:
-    from toolkit.compress.budget import compress_budget_, compress_to_perplexity_
+    """The --fc budget applied to `loaded`, with the sensitivity profile read from or written to
+    --sensitivity-profile when given."""
     from toolkit.compress.context import Context
     from toolkit.compress.sensitivity import SensitivityConfig
 
     sensitivity = SensitivityConfig(tokens=args.sensitivity_tokens)
     ctx = Context(loaded.model, loaded.family, loaded.tokenizer, device=args.device, calibration=calibration)
+    path, shipped = getattr(args, "sensitivity_profile", None), getattr(args, "shipped_profile", None)
+    if not path and not shipped:
+        return _run_fc_budget(loaded, args, ctx, sensitivity)
+    from pathlib import Path
+
+    from toolkit.compress import profile_file
+    from toolkit.errors import TensoredgeError
+
+    ident = profile_file.identity(loaded.model, args.fc, calibration, ctx.calibration_tokens, sensitivity)
+    key = f"sensitivity:{args.fc}"
+    if path and Path(path).exists():
+        ctx.cache[key] = profile_file.read(path, ident)
+        say(f"sensitivity profile read from {path} (measured in {ctx.cache[key].get('seconds', 0):.0f} s)")
+    elif shipped:  # the profile shipped with a registered model: used only for the very weights it was measured on
+        try:
+            ctx.cache[key] = profile_file.read(shipped, ident)
+            say(f"sensitivity profile: the one shipped with the model ({Path(shipped).name}), not measured again")
+        except TensoredgeError as exc:
+            say(f"the shipped sensitivity profile does not apply ({exc}): measuring it")
+    if not path:
+        return _run_fc_budget(loaded, args, ctx, sensitivity)
+    result = _run_fc_budget(loaded, args, ctx, sensitivity)
+    if not Path(path).exists() and key in ctx.cache:
+        profile_file.write(path, ctx.cache[key], ident)
+        say(f"sensitivity profile written to {path}")
+    return result
+
+
+def _run_fc_budget(loaded, args: argparse.Namespace, ctx, sensitivity) -> dict:
+    from toolkit.compress.budget import compress_budget_, compress_to_perplexity_
+
     if args.scope == "all":
         from toolkit.compress.whole_model import WholeModelConfig, compress_whole_
 

@@ -40,8 +40,9 @@ def run_pipeline(args: argparse.Namespace) -> dict:
     from exporters.onnx import export_onnx
     from models import DEFAULT_MODEL, REGISTRY
     from toolkit.checkpoint import open_model, save_compressed
-    from toolkit.cli import plan_of
-    from toolkit.commands import check_device, check_plan_budget, evaluation_windows, fc_budget, run_fc_budget, set_budget
+    from toolkit.preflight import plan_of
+    from toolkit.commands import (check_device, check_plan_budget, check_profile_option, evaluation_windows, fc_budget,
+                                   run_fc_budget, set_budget, shipped_profile)
     from toolkit.compress.context import check_calibration
     from toolkit.compress import compress_
     from toolkit.counting import count_parameters
@@ -62,6 +63,8 @@ def run_pipeline(args: argparse.Namespace) -> dict:
     check_plan_budget(plan, budget, args.scope)
     check_device(args.device)
     calibration = check_calibration(args.calibration)
+    check_profile_option(args)
+    args.shipped_profile = shipped_profile(args)
 
     say(f"loading {args.model}")
     dense = open_model(args.model)

@@ -65,6 +65,7 @@ def check(args: argparse.Namespace) -> None:
 
 
 def plan_of(args: argparse.Namespace) -> dict[str, str]:
+    """The --embedding/--mlp/--attention specs given, by target."""
     return {target: spec for target in ("embedding", "mlp", "attention") if (spec := getattr(args, target, None))}
 
 
