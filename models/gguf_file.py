@@ -7,6 +7,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from device_bench.errors import first_line
+from models import gguf_cache
 from models.base import LoadedModel, family_of, finish
 from toolkit.errors import TensoredgeError
 
@@ -69,15 +70,39 @@ def parsed_once(path: Path) -> Iterator:
 
 
 def load_gguf_file(path: Path, name: str | None = None, eval_context: int = 1024) -> LoadedModel:
-    """Load a GGUF file (any architecture transformers can dequantize) as a float32 model."""
+    """Load a GGUF file (any architecture transformers can dequantize) as a float32 model, from the
+    converted copy in the cache when there is one (models/gguf_cache.py)."""
+    path = Path(path)
+    if not path.is_file():
+        raise TensoredgeError(f"GGUF file not found: {path}")
+    entry = gguf_cache.entry_for(path)
+    cached = gguf_cache.load(entry) if entry else None
+    if cached:
+        model, tokenizer, info = cached
+    else:
+        model, tokenizer, info = convert(path)
+        if entry:
+            gguf_cache.discard(entry)  # a damaged one (it did not load)
+            gguf_cache.store(entry, model, tokenizer, info)
+    return LoadedModel(
+        name=name or str(path.resolve()),  # the manifest's base_model: loadable from anywhere
+        family=family_of(model.config),
+        model=finish(model),
+        tokenizer=tokenizer,
+        source=f"GGUF file {path} (dequantized to float32)",
+        gguf_pre=info["gguf_pre"],
+        eval_context=min(eval_context, model.config.max_position_embeddings),
+        metadata=info["metadata"],
+    )
+
+
+def convert(path: Path):
+    """(model, tokenizer, info) from the GGUF itself, through transformers (checked first)."""
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
     from device_bench.errors import BenchError
     from device_bench.gguf_check import check_gguf
 
-    path = Path(path)
-    if not path.is_file():
-        raise TensoredgeError(f"GGUF file not found: {path}")
     try:
         check_gguf(path)  # a truncated or crafted header is one line, before transformers reads it
     except BenchError as exc:
@@ -93,14 +118,6 @@ def load_gguf_file(path: Path, name: str | None = None, eval_context: int = 1024
             byte_level_decoder(tokenizer)
     except (ValueError, OSError, KeyError, RuntimeError) as exc:
         raise TensoredgeError(f"could not read GGUF file {path}: {first_line(exc)}") from None
-    family = family_of(model.config)
-    return LoadedModel(
-        name=name or str(path.resolve()),  # the manifest's base_model: loadable from anywhere
-        family=family,
-        model=finish(model),
-        tokenizer=tokenizer,
-        source=f"GGUF file {path} (dequantized to float32)",
-        gguf_pre=gguf_field(reader, "tokenizer.ggml.pre") or "default",
-        eval_context=min(eval_context, model.config.max_position_embeddings),
-        metadata=source_metadata(reader),
-    )
+    family_of(model.config)  # an unsupported architecture is refused before anything is cached
+    return model, tokenizer, {"gguf_pre": gguf_field(reader, "tokenizer.ggml.pre") or "default",
+                              "metadata": source_metadata(reader)}

@@ -2,12 +2,19 @@
 
 from __future__ import annotations
 
+import atexit
 import copy
 import os
+import shutil
+import tempfile
 
 import pytest
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # tests never reach for the network
+# converted GGUFs (models/gguf_cache.py) go to a folder of the session's own, shared by its subprocesses
+_CACHE = tempfile.mkdtemp(prefix="tensoredge-test-cache-")
+os.environ.setdefault("TENSOREDGE_CACHE", _CACHE)
+atexit.register(shutil.rmtree, _CACHE, True)
 
 
 @pytest.fixture(scope="session")

@@ -102,3 +102,42 @@ def test_default_model_is_real_smollm2_with_sane_perplexity():
     ident = profile_file.identity(loaded.model, "svd-llm", ("valid",), 16384, SensitivityConfig())
     profile = profile_file.read(shipped, ident)
     assert len(profile["layers"]) == 210 and all(len(c["ranks"]) == len(c["kl"]) for c in profile["layers"].values())
+
+
+def test_a_gguf_is_converted_once_then_read_from_the_cache(tiny_gpt2, tmp_path, monkeypatch):
+    """The second load of the same GGUF bytes reads the cached safetensors (no conversion) and gives
+    the same model, tokenizer and metadata; a damaged entry is converted again and repaired;
+    TENSOREDGE_CACHE=off writes nothing."""
+    import torch
+
+    from exporters.gguf import export_gguf
+    from models import gguf_cache, gguf_file
+
+    monkeypatch.setenv("TENSOREDGE_CACHE", str(tmp_path / "cache"))
+    tiny_gpt2.metadata = {"general.license": "mit", "general.languages": ["en"]}
+    export_gguf(tiny_gpt2, tmp_path / "m.gguf", "f32")
+    first = gguf_file.load_gguf_file(tmp_path / "m.gguf")
+    entries = list((tmp_path / "cache" / "gguf").iterdir())
+    assert len(entries) == 1 and (entries[0] / gguf_cache.MARKER).is_file()
+    assert (entries[0] / "model.safetensors").is_file() and not list(entries[0].glob("*.bin"))
+
+    convert = gguf_file.convert
+    monkeypatch.setattr(gguf_file, "convert", lambda path: pytest.fail("converted again"))
+    second = gguf_file.load_gguf_file(tmp_path / "m.gguf")
+    text = "The tower is 324 metres tall."
+    ids = torch.tensor([first.tokenizer(text)["input_ids"]])
+    assert second.tokenizer(text)["input_ids"] == ids[0].tolist()
+    assert second.tokenizer.decode(ids[0]) == first.tokenizer.decode(ids[0])
+    with torch.inference_mode():
+        assert torch.equal(first.model(ids).logits, second.model(ids).logits)
+    assert (second.metadata, second.gguf_pre, second.family) == (first.metadata, first.gguf_pre, first.family)
+
+    (entries[0] / "model.safetensors").write_bytes(b"not a safetensors file")
+    monkeypatch.setattr(gguf_file, "convert", convert)
+    third = gguf_file.load_gguf_file(tmp_path / "m.gguf")
+    with torch.inference_mode():
+        assert torch.equal(first.model(ids).logits, third.model(ids).logits)
+    assert gguf_cache.load(entries[0]) is not None  # repaired
+
+    monkeypatch.setenv("TENSOREDGE_CACHE", "off")
+    assert gguf_cache.entry_for(tmp_path / "m.gguf") is None  # load_gguf_file then neither reads nor writes
