@@ -9,7 +9,7 @@ TORCH_PIP_ARGS ?=
 # llama-cpp-python compiles llama.cpp (about 10 minutes on 2 cores); see the script for why.
 LLAMA_CMAKE_ARGS ?= $(shell sh scripts/llama-cpp-cmake-args.sh)
 # 4,096 test tokens, not the pipeline's 8,192: svd-llm's calibration, factorization and budget
-# search take 3.2 of the demo's 5.4 minutes on 2 cores (README)
+# search take 2.3 of the demo's 3.4 minutes on 2 cores (README)
 DEMO_ARGS ?= --max-tokens 4096
 
 .PHONY: install demo test arm64-check clean

@@ -27,6 +27,8 @@
 #   HEAL_ARGS="--batch 16 --seq-len 512 --steps 4000 --eval-every 250" \
 #   DEADLINE=$(( $(date +%s) + 540 )) benchmarks/gpu_heal.sh
 #
+# A plan that is the word `dense` is the uncompressed model itself (e.g. healed for int4: quantization-aware
+# training of the dense model, the reference a compressed file must beat).
 # RUNS="0:0 0:1 1:0" heals only those plan:heal pairs (default: every plan with every HEALS entry).
 # SHARE_PROFILE=1: plans with --alloc sensitivity share one measured profile per calibration text
 # (`compress --sensitivity-profile`): the first measures it alone, the others read it.
@@ -51,7 +53,9 @@ TRAIN_SECONDS=${TRAIN_SECONDS:-} PROBE_SECONDS=${PROBE_SECONDS:-45}  # set: each
 EXPORTS=${EXPORTS:-}        # stage export: healed runs (plan<i>-heal<j>) to write as ONNX (EXPORT_ARGS)
 EXPORT_ARGS=${EXPORT_ARGS:---precision int4}
 EVAL_ARGS=${EVAL_ARGS:-}    # extra benchmarks/heal_eval.py options, e.g. --max-tokens N (default: the full texts)
-QUANT_EVAL=${QUANT_EVAL-int4}  # also evaluate every model with its weights fake-quantized so ("": no)
+QUANT_EVAL=${QUANT_EVAL-int4}  # also evaluate every model with its weights fake-quantized so: int4, int8,
+                               # int4-zp (zero points), comma-separated ("": no)
+EVAL_UNHEALED=${EVAL_UNHEALED:-1}  # 0: stage eval scores the dense model and the healed ones only
 PY=${PY:-python3}
 THREADS=${THREADS:-2}       # OMP threads of each compress and generate process (16 cores, many processes:
                             # unlimited, nine at once ran 4-5x slower, benchmarks/results/goal-2026-12-02-h200)
@@ -91,20 +95,20 @@ compress_plan() {  # compress_plan I: plan I compressed, in the background
         --out "$WORK/plan$1/compressed" --json "$LOGS/compress-plan$1.json" > "$LOGS/compress-plan$1.log" 2>&1 &
     pids+=($!)
 }
-if has compress; then  # side by side with the teacher's samples: each plan's own process
-    first=()
-    for i in "${!plans[@]}"; do  # with SHARE_PROFILE, the first sensitivity plan alone first: it measures
+first=()
+if has compress; then  # with SHARE_PROFILE, the first sensitivity plan measures the profile, meanwhile
+    for i in "${!plans[@]}"; do  # the dense folder is saved and the teacher's samples generated
         [ -f "$WORK/plan$i/compressed/manifest.json" ] && continue
         if [ -n "${SHARE_PROFILE:-}" ] && [ ${#first[@]} = 0 ] && [[ "${plans[$i]}" == *"--alloc sensitivity"* ]]; then
-            compress_plan "$i"; first=("$i"); wait "${pids[-1]}" || true; pids=()
+            compress_plan "$i"; first=("$i" "${pids[-1]}"); pids=()
         fi
-    done
-    for i in "${!plans[@]}"; do
-        [ -f "$WORK/plan$i/compressed/manifest.json" ] && continue
-        compress_plan "$i"
     done
 fi
 [ -n "${dense_pid:-}" ] && wait "$dense_pid"
+for i in "${!plans[@]}"; do  # `dense` plans: the saved dense folder
+    [ "${plans[$i]}" = dense ] && [ ! -e "$WORK/plan$i/compressed" ] && mkdir -p "$WORK/plan$i" \
+        && ln -s "$WORK/dense" "$WORK/plan$i/compressed"
+done
 
 if has gen; then
     for k in "${!gens[@]}"; do
@@ -114,6 +118,14 @@ if has gen; then
             --prompt-length "$GEN_PROMPT" --prompts "$GEN_PROMPTS" --temperature "$temperature" --top-p "$top_p" --batch "$GEN_BATCH" \
             --seed "$k" --device "$DEVICE" --out "$WORK/gen$k" --json "$LOGS/gen$k.json" > "$LOGS/gen$k.log" 2>&1 &
         pids+=($!)
+    done
+fi
+if has compress; then  # the other plans once the profile is measured, each in its own process
+    [ ${#first[@]} = 2 ] && { wait "${first[1]}" || true; }
+    for i in "${!plans[@]}"; do
+        [ -f "$WORK/plan$i/compressed/manifest.json" ] || [ "${plans[$i]}" = dense ] || [ "$i" = "${first[0]:-}" ] \
+            && continue
+        compress_plan "$i"
     done
 fi
 for pid in "${pids[@]}"; do wait "$pid"; done
@@ -176,7 +188,7 @@ fi
 if has eval; then  # the headline figures: full WikiText-2 test and the full second text, one process, batched
     models=(--model "dense=$WORK/dense")
     for i in "${!plans[@]}"; do
-        models+=(--model "plan$i=$WORK/plan$i/compressed")
+        [ "${plans[$i]}" = dense ] || [ "$EVAL_UNHEALED" = 0 ] || models+=(--model "plan$i=$WORK/plan$i/compressed")
         for j in "${!heals[@]}"; do
             [ -f "$WORK/plan$i-heal$j/model/manifest.json" ] && models+=(--model "plan$i-heal$j=$WORK/plan$i-heal$j/model")
         done

@@ -30,7 +30,8 @@ def main() -> None:
     parser.add_argument("--reference", required=True, help="the dense model (teacher)")
     parser.add_argument("--model", action="append", default=[], metavar="NAME=PATH", help="a model to score")
     parser.add_argument("--device", default="cuda")
-    parser.add_argument("--quant", default="int4", help="also score with weights fake-quantized so ('' for none)")
+    parser.add_argument("--quant", default="int4", help="also score with weights fake-quantized so: int4, int8, "
+                                                        "int4-zp (zero points), comma-separated ('' for none)")
     parser.add_argument("--quant-block", type=int, default=32)
     parser.add_argument("--max-tokens", type=int, help="first N tokens of each text (default: all)")
     parser.add_argument("--context", type=int, help="window length (default: the model's)")
@@ -40,7 +41,7 @@ def main() -> None:
     reference.model.to(args.device)
     context = args.context or reference.eval_context
     texts = {name: text_ids(reference.tokenizer, name) for name in EVAL_TEXTS}
-    modes = [""] + ([args.quant] if args.quant else [])
+    modes = [""] + [q for q in args.quant.split(",") if q]
     for entry in args.model:
         name, _, path = entry.partition("=")
         loaded = open_model(path)  # its own copy, even of the reference: fake quantization changes it
@@ -48,13 +49,15 @@ def main() -> None:
         for text, ids in texts.items():
             windows, setup = text_windows(reference.tokenizer, text, args.max_tokens, context, every=ids)
             for quant in modes:
-                scope = quant_aware(loaded.model, int(quant[3:]), args.quant_block) if quant else nullcontext()
+                bits, symmetric = int(quant[3:4] or 0), not quant.endswith("-zp")
+                scope = quant_aware(loaded.model, bits, args.quant_block, symmetric) if quant else nullcontext()
                 with scope:
                     scores = compare(reference.model, {"model": loaded.model}, windows, device=args.device,
                                      batch=default_batch(args.device))
                 scores["reference"]["name"] = reference.name
                 result = {"model": loaded.name, "runtime": "pytorch", "dataset": text, "device": args.device, **setup,
-                          "fake_quant": {"bits": int(quant[3:]), "block": args.quant_block} if quant else None,
+                          "fake_quant": {"bits": bits, "block": args.quant_block, "symmetric": symmetric}
+                          if quant else None,
                           "scores": scores}
                 out = args.out / f"eval-{name}-{text}{'-' + quant if quant else ''}.json"
                 with atomic_path(out) as tmp:

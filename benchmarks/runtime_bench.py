@@ -307,11 +307,14 @@ def main() -> None:
         ttft = [x["prefill_s"]["median"] for x in found]
         rss = [x["peak_rss_sampled_bytes"] for x in found]
         median = float(np.median(tok_s))
+        energy = [x["energy"] for x in found if x.get("energy")]
         entry = facts[label] | {
             "decode_tokens_per_s": {"median": median, "min": min(tok_s), "max": max(tok_s), "rounds": tok_s},
             "ttft_s": float(np.median(ttft)), "peak_rss_bytes": int(np.median(rss)),
             "roofline_fraction": facts[label]["bytes_per_token"] * median / (bandwidth["gb_per_s"] * 1e9),
-            "runtime": found[0]["runtime"]}
+            "runtime": found[0]["runtime"],
+            "energy": {"joules_per_token": float(np.median([e["joules_per_token"] for e in energy])),
+                       "kind": energy[0]["kind"], "source": energy[0]["source"]} if energy else None}
         results[label] = entry
         table.append([label, f"{entry['file_bytes'] / 1e6:.1f} MB", f"{median:.1f} ({min(tok_s):.1f}-{max(tok_s):.1f})",
                       f"{entry['ttft_s'] * 1e3:.0f} ms", f"{entry['peak_rss_bytes'] / 2**20:.0f} MiB",

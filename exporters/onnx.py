@@ -46,7 +46,7 @@ def metadata(loaded: LoadedModel, fmt: WeightFormat) -> dict[str, str]:
             "producer": "tensoredge", "format": FORMAT, "num_layers": shape.layers, "kv_heads": shape.kv_heads,
             "head_dim": shape.head_dim, "max_positions": shape.max_positions, "kv_cache": "gqa-shared-buffer",
             "precision": fmt.name, "block_size": fmt.block_size, "accuracy_level": fmt.accuracy_level,
-            "eos_token_ids": ",".join(str(e) for e in eos if e is not None)}
+            "zero_points": str(not fmt.symmetric).lower(), "eos_token_ids": ",".join(str(e) for e in eos if e is not None)}
 
 
 def open_lm(path: Path) -> OnnxCausalLM:
@@ -68,6 +68,7 @@ def export_onnx(
     precisions: tuple[str, ...] = ("fp32",),
     block_size: int = 32,
     accuracy_level: int = 4,
+    symmetric: bool = True,
     ort_format: bool = False,
     reference: str | None = None,
     atol: float = 1e-4,
@@ -88,7 +89,7 @@ def export_onnx(
     unknown = [p for p in precisions if p not in PRECISIONS]
     if unknown or not precisions:
         raise TensoredgeError(f"unknown precision {unknown}: choose from {', '.join(PRECISIONS)}")
-    formats = [WeightFormat(p, block_size, accuracy_level) for p in dict.fromkeys(precisions)]
+    formats = [WeightFormat(p, block_size, accuracy_level, symmetric) for p in dict.fromkeys(precisions)]
     if Path(out_dir).exists() and not Path(out_dir).is_dir():
         raise TensoredgeError(f"{out_dir} is a file: `export onnx --out` takes a directory (model files, config, "
                               "tokenizer are written inside); give a new or existing directory")

@@ -10,7 +10,7 @@ from onnx import ModelProto, helper, numpy_helper
 from toolkit.errors import TensoredgeError
 
 WEIGHT_SLACK = 1.01  # graph weights may exceed the model's by 1% (small constants) before we refuse
-SCALES = (".scales",)  # block-quantization scales: bookkeeping, not weights
+SCALES = (".scales", ".zero_points")  # block-quantization scales and zero points: bookkeeping, not weights
 
 
 def weight_tensors(model_proto: ModelProto) -> list:
@@ -32,7 +32,7 @@ def _attrs(node) -> dict:
 
 
 def graph_weight_elements(model_proto: ModelProto) -> int:
-    """Elements of every weight tensor, scales left out. Block-quantized codes count the K x N
+    """Elements of every weight tensor, scales and zero points left out. Block-quantized codes count the K x N
     weights they hold, not the padding of a last partial block: MatMulNBits says K and N; a
     gathered table that MatMulNBits does not also read is unpadded by the Slice that follows it."""
     graph = model_proto.graph

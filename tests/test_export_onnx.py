@@ -118,7 +118,7 @@ def test_onnxruntimes_quantizer_is_inverted_exactly():
     magnitude / 2^(bits-1)); the block's largest-magnitude element comes back exactly."""
     weight = np.random.default_rng(0).standard_normal((5, 64)).astype(np.float32)
     for bits in (4, 8):
-        codes, scales = quantize_blocks(weight, bits, 32)
+        codes, scales, _ = quantize_blocks(weight, bits, 32)
         back = dequantize_blocks(codes, scales, bits, 64)
         blocks, back_blocks = weight.reshape(5, 2, 32), back.reshape(5, 2, 32)
         step = np.abs(blocks).max(-1, keepdims=True) / 2 ** (bits - 1)
@@ -165,6 +165,26 @@ def test_int4_in_place_decode_equals_its_reference(tiny_gpt2, tmp_path):
     prompt = np.array(tiny_gpt2.tokenizer("Edge boards decode")["input_ids"])
     reference = quantized_reference(tiny_gpt2.model, WeightFormat("int4", accuracy_level=0))
     assert result["files"]["int4"]["file"] == "model_int4.onnx"
+    assert list(generate_ids(OnnxCausalLM(tmp_path / "e"), prompt, 24)) == torch_greedy(reference, prompt, 24)
+
+
+@pytest.mark.parametrize("family", ["gpt2", "llama"])
+def test_int4_with_zero_points_decodes_as_its_reference(family, tiny_gpt2, tiny_llama, tmp_path):
+    """Zero points reach MatMulNBits and GatherBlockQuantized (GPT-2's tied table): the file computes
+    exactly the PyTorch model with its own dequantized weights, and toolkit.quant fakes those weights."""
+    from toolkit.quant import fake_quant
+
+    loaded = tiny_gpt2 if family == "gpt2" else tiny_llama
+    result = export_onnx(loaded, tmp_path / "e", precisions=("int4",), accuracy_level=0, symmetric=False)
+    proto = onnx.load(str(tmp_path / "e" / "model_int4.onnx"))
+    nbits = [n for n in proto.graph.node if n.op_type in ("MatMulNBits", "GatherBlockQuantized")]
+    assert nbits and all(len(n.input) >= 4 and "zero_points" in n.input[3] for n in nbits)
+    reference = quantized_reference(loaded.model, WeightFormat("int4", accuracy_level=0, symmetric=False))
+    head = loaded.model.get_output_embeddings().weight
+    torch.testing.assert_close(reference.get_output_embeddings().weight, fake_quant(head, 4, 32, symmetric=False),
+                               rtol=0, atol=0)
+    prompt = np.array(loaded.tokenizer("Edge boards decode")["input_ids"])
+    assert result["files"]["int4"]["parity"]["greedy_tokens_equal"] == 32
     assert list(generate_ids(OnnxCausalLM(tmp_path / "e"), prompt, 24)) == torch_greedy(reference, prompt, 24)
 
 

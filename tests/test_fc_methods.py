@@ -196,3 +196,27 @@ def test_trawl_cp_refuses_a_rank_whose_workspace_does_not_fit():
         check_cp_fits("mlp.up_proj", shape, rank, available=24 * 10**9)
     assert "\n" not in str(info.value) and "78.9 GB" in str(info.value) and "decomp=tucker" in str(info.value)
     check_cp_fits("mlp.up_proj", shape, 16, available=24 * 10**9)  # a high ratio fits
+
+
+def test_tucker_by_gram_eigendecompositions_is_tensorlys_tucker():
+    """toolkit.compress.tucker computes tensorly's tucker(init="svd") (HOSVD, then HOOI to the same
+    stopping rule) with eigh of Gram matrices for its SVDs: the same factors, core and error."""
+    import tensorly
+    from tensorly.decomposition import tucker as tensorly_tucker
+
+    from toolkit.compress.tucker import tucker
+
+    g = torch.Generator().manual_seed(0)
+    ranks = [4, 8, 8]
+    parts = [torch.randn(shape, generator=g, dtype=torch.float64) for shape in ((4, 8, 8), (6, 4), (40, 8), (24, 8))]
+    stack = torch.einsum("abc,la,ob,ic->loi", *parts)  # multilinear ranks (4, 8, 8)
+    stack = stack + 0.01 * stack.std() * torch.randn(stack.shape, generator=g, dtype=torch.float64)  # plus noise
+    core, factors = tucker(stack, ranks)
+    with tensorly.backend_context("pytorch"):
+        expected_core, expected = tensorly_tucker(stack, rank=ranks, init="svd", n_iter_max=10, tol=1e-7,
+                                                  random_state=0)
+    for ours, theirs in zip(factors, expected):
+        torch.testing.assert_close(ours, theirs, rtol=0, atol=1e-8)
+    torch.testing.assert_close(core, expected_core, rtol=0, atol=1e-8)
+    rebuilt = torch.einsum("abc,la,ob,ic->loi", core, *factors)
+    assert 0 < (rebuilt - stack).norm() / stack.norm() < 0.02  # the noise left, the structure kept

@@ -324,7 +324,7 @@ def test_heal_data_generate_cli(tmp_path, capsys):
 
 
 def test_healed_model_saves_reloads_evaluates_and_exports_with_parity(_tiny_gpt2, tmp_path):
-    """`heal --train all --quant int8` through the CLI: OUT/model is an ordinary compressed folder whose
+    """`heal --train all --quant int8 --quant-zero-points` through the CLI: OUT/model is an ordinary compressed folder whose
     manifest records the healing; reloaded, it scores exactly what heal.json says; its ONNX export passes."""
     from exporters.onnx import export_onnx
     from toolkit.checkpoint import load_compressed, read_manifest, save_compressed
@@ -335,11 +335,12 @@ def test_healed_model_saves_reloads_evaluates_and_exports_with_parity(_tiny_gpt2
     save_compressed(compressed, {"mlp": "svd:ratio=2"}, tmp_path / "c")
     out = tmp_path / "heal"
     assert main(["heal", "--model", str(tmp_path / "c"), "--steps", "6", "--batch", "2", "--seq-len", "32",
-                 "--data", "valid:1,books:1", "--quant", "int8", "--eval-every", "3", "--curve-tokens", "130",
+                 "--data", "valid:1,books:1", "--quant", "int8", "--quant-zero-points", "--eval-every", "3", "--curve-tokens", "130",
                  "--max-tokens", "260", "--context", "128", "--lr", "3e-3", "--out", str(out),
                  "--json", str(tmp_path / "h.json")]) == 0
     result = json.loads((tmp_path / "h.json").read_text())
-    assert result["train"] == "all" and result["quant"]["bits"] == 8 and result["training"]["steps_done"] == 6
+    assert result["train"] == "all" and result["training"]["steps_done"] == 6
+    assert result["quant"]["bits"] == 8 and result["quant"]["symmetric"] is False
     assert [c["step"] for c in result["training"]["curves"]] == [0, 3, 6]
     assert set(result["training"]["curves"][-1]) >= {"wikitext2", "alice", "tokens_seen"}
     assert result["evaluation"]["alice"]["tokens"] == 260 and result["evaluation"]["wikitext2"]["split_tokens"] > 290000
@@ -353,7 +354,7 @@ def test_healed_model_saves_reloads_evaluates_and_exports_with_parity(_tiny_gpt2
     teacher = _tiny_gpt2.model
     plain = compare(teacher, {"model": healed.model}, windows)["model"]
     assert plain["perplexity"] == pytest.approx(result["after_float"]["alice"]["model"]["perplexity"], rel=1e-6)
-    with quant_aware(healed.model, 8, 32):
+    with quant_aware(healed.model, 8, 32, symmetric=False):
         quantized = compare(teacher, {"model": healed.model}, windows)["model"]
     assert quantized["perplexity"] == pytest.approx(result["after"]["alice"]["model"]["perplexity"], rel=1e-6)
     assert result["after"]["alice"]["model"]["kl"] < result["before"]["alice"]["model"]["kl"]
@@ -361,7 +362,7 @@ def test_healed_model_saves_reloads_evaluates_and_exports_with_parity(_tiny_gpt2
     # The same command again resumes from the finished run's checkpoint (fake-quant on, validated
     # before it is switched on) and ends with the same weights.
     assert main(["heal", "--model", str(tmp_path / "c"), "--steps", "6", "--batch", "2", "--seq-len", "32",
-                 "--data", "valid:1,books:1", "--quant", "int8", "--eval-every", "3", "--curve-tokens", "130",
+                 "--data", "valid:1,books:1", "--quant", "int8", "--quant-zero-points", "--eval-every", "3", "--curve-tokens", "130",
                  "--max-tokens", "260", "--context", "128", "--lr", "3e-3", "--out", str(out),
                  "--json", str(tmp_path / "again.json")]) == 0
     again = json.loads((tmp_path / "again.json").read_text())
@@ -380,8 +381,14 @@ def test_eval_on_the_second_text_reports_its_tokens(tmp_path):
     assert main(["eval", "--model", "tiny-gpt2", "--text", "alice", "--max-tokens", "300", "--no-reference",
                  "--fake-quant", "int4", "--json", str(tmp_path / "q.json")]) == 0
     quantized = json.loads((tmp_path / "q.json").read_text())
-    assert quantized["fake_quant"] == {"bits": 4, "block": 32}
+    assert quantized["fake_quant"] == {"bits": 4, "block": 32, "symmetric": True}
     assert quantized["scores"]["model"]["perplexity"] != pytest.approx(result["scores"]["model"]["perplexity"], rel=1e-4)
+    assert main(["eval", "--model", "tiny-gpt2", "--text", "alice", "--max-tokens", "300", "--no-reference",
+                 "--fake-quant", "int4", "--quant-zero-points", "--json", str(tmp_path / "z.json")]) == 0
+    zero_points = json.loads((tmp_path / "z.json").read_text())
+    assert zero_points["fake_quant"] == {"bits": 4, "block": 32, "symmetric": False}
+    assert zero_points["scores"]["model"]["perplexity"] != quantized["scores"]["model"]["perplexity"]
+    assert main(["eval", "--model", "tiny-gpt2", "--quant-zero-points"]) == 2  # without --fake-quant: refused
 
 
 def test_adapters_through_the_cli_and_user_folders_kept(tmp_path, capsys):

@@ -9,9 +9,11 @@ import torch
 from toolkit.quant import fake_quant, quant_aware, quantize, quantized_weights
 
 
-def ort_quantize(weight: np.ndarray, bits: int, block: int) -> tuple[np.ndarray, np.ndarray]:
-    """ONNX Runtime's own codes (out, blocks, block) and scales (out, blocks) of `weight` (out, in),
-    called as its MatMulNBitsQuantizer calls it: on the (in, out) MatMul weight, zero-padded along in."""
+def ort_quantize(weight: np.ndarray, bits: int, block: int, symmetric: bool = True
+                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """ONNX Runtime's own codes (out, blocks, block), scales and zero points (out, blocks) of `weight`
+    (out, in), called as its MatMulNBitsQuantizer calls it: on the (in, out) MatMul weight, zero-padded
+    along in."""
     from onnxruntime.capi._pybind_state import quantize_matmul_4bits, quantize_matmul_8bits
 
     out, width = weight.shape
@@ -21,12 +23,15 @@ def ort_quantize(weight: np.ndarray, bits: int, block: int) -> tuple[np.ndarray,
     scales = np.zeros(out * blocks, dtype=np.float32)
     zero_points = np.zeros(out * ((blocks * bits + 7) // 8), dtype=np.uint8)
     quantizer = quantize_matmul_4bits if bits == 4 else quantize_matmul_8bits
-    quantizer(packed, matmul, scales, zero_points, block, out, width, True)  # K unpadded, as ORT passes it
+    quantizer(packed, matmul, scales, zero_points, block, out, width, symmetric)  # K unpadded, as ORT passes it
     if bits == 4:  # two codes a byte, the first in the low nibble
         codes = np.stack([packed & 0x0F, packed >> 4], axis=-1).reshape(out, blocks, block)
+        zero = np.stack([zero_points & 0x0F, zero_points >> 4], axis=-1).reshape(out, -1)[:, :blocks]
     else:
-        codes = packed
-    return codes.astype(np.float32), scales.reshape(out, blocks)
+        codes, zero = packed, zero_points.reshape(out, blocks)
+    if symmetric:
+        zero = np.full((out, blocks), 2 ** (bits - 1))
+    return codes.astype(np.float32), scales.reshape(out, blocks), zero.astype(np.float32)
 
 
 def awkward_weight(out: int, width: int, seed: int) -> torch.Tensor:
@@ -41,21 +46,31 @@ def awkward_weight(out: int, width: int, seed: int) -> torch.Tensor:
     return w
 
 
+@pytest.mark.parametrize("symmetric", [True, False])
 @pytest.mark.parametrize("bits", [4, 8])
 @pytest.mark.parametrize("block", [16, 32, 128])
 @pytest.mark.parametrize("shape", [(24, 96), (7, 100), (64, 576)])
-def test_fake_quant_is_onnxruntime_matmulnbits_exactly(bits, block, shape):
+def test_fake_quant_is_onnxruntime_matmulnbits_exactly(bits, block, shape, symmetric):
     w = awkward_weight(*shape, seed=bits * 1000 + block)
-    codes, scales = quantize(w, bits, block)
-    ort_codes, ort_scales = ort_quantize(w.numpy(), bits, block)
+    codes, scales, zero = quantize(w, bits, block, symmetric)
+    ort_codes, ort_scales, ort_zero = ort_quantize(w.numpy(), bits, block, symmetric)
     np.testing.assert_array_equal(scales.numpy(), ort_scales)
+    np.testing.assert_array_equal(zero.numpy(), ort_zero)
     real = (slice(None), slice(0, shape[1]))  # ORT leaves the padding of the last block unwritten
     np.testing.assert_array_equal(codes.reshape(shape[0], -1).numpy()[real], ort_codes.reshape(shape[0], -1)[real])
-    mid = 2.0 ** (bits - 1)
-    expected = ((ort_codes - mid) * ort_scales[..., None]).reshape(shape[0], -1)[:, : shape[1]]
-    np.testing.assert_array_equal(fake_quant(w, bits, block).numpy(), expected)
-    error = (fake_quant(w, bits, block) - w).abs().max() / w.abs().max()
+    expected = ((ort_codes - ort_zero[..., None]) * ort_scales[..., None]).reshape(shape[0], -1)[:, : shape[1]]
+    fake = fake_quant(w, bits, block, symmetric)
+    np.testing.assert_array_equal(fake.numpy(), expected)
+    error = (fake - w).abs().max() / w.abs().max()
     assert 0 < error < (0.1 if bits == 4 else 0.006)  # it really quantizes, within half a step
+
+
+def test_zero_points_fit_one_sided_blocks_closer():
+    """A block of positive weights uses all 16 int4 codes with a zero point, half of them without one."""
+    w = torch.rand(8, 64, generator=torch.Generator().manual_seed(0)) + 0.5
+    symmetric = (fake_quant(w, 4, 32) - w).abs().max()
+    asymmetric = (fake_quant(w, 4, 32, symmetric=False) - w).abs().max()
+    assert asymmetric < 0.7 * symmetric
 
 
 def test_quant_aware_uses_quantized_weights_and_passes_gradients_straight(tiny_gpt2):

@@ -19,6 +19,9 @@ from models import DEFAULT_MODEL, REGISTRY  # torch-free: loaders import torch w
 from toolkit.data import EVAL_TEXTS
 from toolkit.errors import TensoredgeError
 
+ZERO_POINTS_HELP = ("a zero point per block beside its scale (MatMulNBits' asymmetric form: 4 more bits "
+                    "per block at int4, weights closer to the float ones)")
+
 
 def add_model(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", default=DEFAULT_MODEL,
@@ -104,6 +107,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="PyTorch models: compute with the weights quantized as ONNX Runtime's MatMulNBits would "
                         "(blocks of --quant-block), e.g. to compare post-training quantization with `heal --quant`")
     p.add_argument("--quant-block", type=int, default=32, help="with --fake-quant: block size (default: %(default)s)")
+    p.add_argument("--quant-zero-points", action="store_true", help="with --fake-quant: " + ZERO_POINTS_HELP)
     add_eval_window(p, max_tokens=None)
     add_json(p)
 
@@ -182,6 +186,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "block-quantized weights (MatMulNBits); genai_config.json points at the first (default: fp32)")
     p.add_argument("--block-size", type=int, default=32, help="ONNX int8/int4: weights per quantization block "
                                                              "(power of two >= 16, default: %(default)s)")
+    p.add_argument("--zero-points", action="store_true", help="ONNX int8/int4: " + ZERO_POINTS_HELP)
     p.add_argument("--accuracy-level", type=int, default=4, choices=range(5), metavar="{0..4}",
                    help="ONNX int8/int4: MatMulNBits compute; 4 quantizes activations to int8 per block (fast), "
                         "0 computes in fp32 (default: %(default)s)")
@@ -225,6 +230,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quant", choices=["int4", "int8"],
                    help="train for this weight quantization (fake-quant as ONNX Runtime's MatMulNBits, straight-through)")
     p.add_argument("--quant-block", type=int, default=32, help="quantization block size (default: %(default)s)")
+    p.add_argument("--quant-zero-points", action="store_true", help="with --quant: " + ZERO_POINTS_HELP)
     p.add_argument("--kl-chunk", type=int, default=2048, help="positions per chunk of the KL (memory) (default: %(default)s)")
     p.add_argument("--checkpoint-every", type=int, help="steps between checkpoints (default: 200 for all, 25 for adapters)")
     p.add_argument("--eval-every", type=int, help="steps between held-out evaluations for the curves in heal.json "

@@ -72,6 +72,8 @@ def eval(args: argparse.Namespace) -> dict:  # noqa: A001 - the command is calle
         from toolkit.quant import check
 
         check(int(args.fake_quant[3:]), args.quant_block)
+    elif args.quant_zero_points:
+        raise TensoredgeError("--quant-zero-points goes with --fake-quant int4|int8")
     reference_ref = args.reference
     if is_onnx_export(args.model):
         loaded = OnnxModel(args.model)
@@ -108,7 +110,8 @@ def eval(args: argparse.Namespace) -> dict:  # noqa: A001 - the command is calle
           f"every {setup['stride']}")
     return {"model": loaded.name, "runtime": getattr(loaded, "runtime", "pytorch"),
             "dataset": "wikitext-2 test" if args.text == "wikitext2" else args.text, "device": device, **setup,
-            "fake_quant": {"bits": int(args.fake_quant[3:]), "block": args.quant_block} if args.fake_quant else None,
+            "fake_quant": {"bits": int(args.fake_quant[3:]), "block": args.quant_block,
+                           "symmetric": not args.quant_zero_points} if args.fake_quant else None,
             "scores": scores}
 
 
@@ -125,7 +128,7 @@ def fake_quant_context(loaded, args: argparse.Namespace):
     if isinstance(loaded, OnnxModel):
         raise TensoredgeError("--fake-quant simulates quantization in PyTorch: evaluate the compressed folder, "
                               "or export with the quantization and evaluate that export")
-    return quant_aware(loaded.model, int(args.fake_quant[3:]), args.quant_block)
+    return quant_aware(loaded.model, int(args.fake_quant[3:]), args.quant_block, not args.quant_zero_points)
 
 
 def check_device(device: str) -> None:
@@ -371,8 +374,9 @@ def export(args: argparse.Namespace) -> dict:
     from toolkit.errors import TensoredgeError
 
     if args.format != "onnx" and (args.ort or args.precision != ["fp32"] or args.block_size != 32
-                                  or args.accuracy_level != 4):
-        raise TensoredgeError("--precision, --block-size, --accuracy-level and --ort apply to `export onnx` only: "
+                                  or args.accuracy_level != 4 or args.zero_points):
+        raise TensoredgeError("--precision, --block-size, --zero-points, --accuracy-level and --ort apply to "
+                              "`export onnx` only: "
                               "use --type for GGUF weight types")
     if args.block_size < 16 or args.block_size & (args.block_size - 1):
         raise TensoredgeError(f"--block-size {args.block_size}: give a power of two >= 16, e.g. 32")
@@ -383,7 +387,8 @@ def export(args: argparse.Namespace) -> dict:
 
         reference = read_manifest(args.model)["base_model"] if is_compressed_dir(args.model) else args.model
         result = export_onnx(loaded, args.out, precisions=tuple(args.precision), block_size=args.block_size,
-                             accuracy_level=args.accuracy_level, ort_format=args.ort, reference=reference,
+                             accuracy_level=args.accuracy_level, symmetric=not args.zero_points,
+                             ort_format=args.ort, reference=reference,
                              progress=say)
         print(onnx_export_table(result))
         return result
@@ -501,9 +506,12 @@ def pipeline(args: argparse.Namespace) -> dict:
 def heal(args: argparse.Namespace) -> dict:
     """Distil a (compressed) model towards its teacher: all parameters, or TT-LoRA adapters."""
     from toolkit.heal.loop import HealConfig
+    from toolkit.errors import TensoredgeError
     from toolkit.heal.run import HealJob, run, summary_rows
 
     check_device(args.device)
+    if args.quant_zero_points and not args.quant:
+        raise TensoredgeError("--quant-zero-points goes with --quant int4|int8")
     everything = args.train == "all"
     config = HealConfig(
         steps=args.steps, batch=args.batch, seq_len=args.seq_len, seed=args.seed, train=args.train,
@@ -511,7 +519,8 @@ def heal(args: argparse.Namespace) -> dict:
         checkpoint_every=args.checkpoint_every or (200 if everything else 25),
         weight_decay=args.weight_decay, clip=args.clip if args.clip is not None else (1.0 if everything else 0.0),
         eval_every=args.eval_every if args.eval_every is not None else max(1, args.steps // 10),
-        kl_chunk=args.kl_chunk, quant_bits=int(args.quant[3:]) if args.quant else 0, quant_block=args.quant_block)
+        kl_chunk=args.kl_chunk, quant_bits=int(args.quant[3:]) if args.quant else 0, quant_block=args.quant_block,
+        quant_symmetric=not args.quant_zero_points)
     job = HealJob(model=args.model, out=args.out, config=config, teacher=args.teacher, data=args.data,
                   device=args.device, time_limit=args.time_limit, targets=tuple(t for t in args.targets.split(",") if t),
                   rank=args.rank, order=args.order, alpha=args.alpha, merge=args.merge, max_tokens=args.max_tokens,

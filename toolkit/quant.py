@@ -1,14 +1,17 @@
 """Fake quantization: the weights a model will have once its file is quantized, for training towards it.
 
-`fake_quant(w, bits, block)` is ONNX Runtime's MatMulNBits symmetric block quantizer
+`fake_quant(w, bits, block, symmetric)` is ONNX Runtime's MatMulNBits block quantizer
 (`onnxruntime.capi._pybind_state.quantize_matmul_4bits` / `quantize_matmul_8bits`, MLAS) followed
-by its dequantization, computed the same way in float32 so that the result is bit-identical: for a
+by its dequantization, computed the same way in float32 so that the result is bit-identical. For a
 weight viewed as (out, in), each block of `block` consecutive elements along `in` (the last one
-padded with zeros) has scale = m / -2^(bits-1), where m is the block's element of largest magnitude
-with its sign (the negative one on a tie), and
-q = clip(roundf(w * (1/scale) + 2^(bits-1)), 0, 2^bits - 1), w' = (q - 2^(bits-1)) * scale.
+padded with zeros) has a scale and a zero point z, q = clip(roundf(w * (1/scale) + z), 0, 2^bits - 1)
+and w' = (q - z) * scale:
+- symmetric: scale = m / -2^(bits-1), where m is the block's element of largest magnitude with its
+  sign (the negative one on a tie), z = 2^(bits-1) (implicit, not stored);
+- asymmetric: lo = min(block min, 0), hi = max(block max, 0), scale = (hi - lo) / (2^bits - 1),
+  z = roundf(clip(-lo / scale, 0, 2^bits - 1)), stored beside the scales (4 more bits per block at int4).
 
-`quant_aware(model, bits, block)` makes every weight that the ONNX exporter quantizes read as its
+`quant_aware(model, bits, block, symmetric)` makes every weight that the ONNX exporter quantizes read as its
 fake-quantized value in the forward pass, with straight-through gradients to the float weights it
 keeps (the latent weights, which are what gets saved).
 """
@@ -16,6 +19,7 @@ keeps (the latent weights, which are what gets saved).
 from __future__ import annotations
 
 from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import Iterator
 
 import torch
@@ -25,6 +29,18 @@ from torch.nn.utils import parametrize
 from toolkit.errors import TensoredgeError
 
 BITS = (4, 8)
+
+
+@dataclass(frozen=True)
+class QuantScheme:
+    """Weight-only block quantization as MatMulNBits stores it."""
+
+    bits: int = 4
+    block: int = 32
+    symmetric: bool = True
+
+    def __str__(self) -> str:
+        return f"int{self.bits} in blocks of {self.block}" + ("" if self.symmetric else " with zero points")
 
 
 def check(bits: int, block: int) -> None:
@@ -41,25 +57,32 @@ def _roundf(x: torch.Tensor) -> torch.Tensor:
     return t + torch.where((x - t).abs() >= 0.5, torch.sign(x), torch.zeros_like(x))
 
 
-def quantize(w: torch.Tensor, bits: int, block: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Codes (out, blocks, block) in 0..2^bits-1 and scales (out, blocks) of `w` (out, in), float32."""
-    mid = float(1 << (bits - 1))
+def quantize(w: torch.Tensor, bits: int, block: int, symmetric: bool = True
+             ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Codes (out, blocks, block) in 0..2^bits-1, scales and zero points (out, blocks) of `w`
+    (out, in), float32."""
+    mid, top = float(1 << (bits - 1)), float((1 << bits) - 1)
     out, width = w.shape
     blocks = -(-width // block)
     x = torch.nn.functional.pad(w.float(), (0, blocks * block - width)).reshape(out, blocks, block)
     high, low = x.amax(-1), x.amin(-1)
-    extreme = torch.where(high.abs() > low.abs(), high, low)
-    scale = -extreme / mid
+    if symmetric:
+        extreme = torch.where(high.abs() > low.abs(), high, low)
+        scale = -extreme / mid
+        zero = torch.full_like(scale, mid)
+    else:
+        low, high = low.clamp(max=0), high.clamp(min=0)
+        scale = (high - low) / top
+        zero = _roundf(torch.where(scale != 0, 0.0 - low / scale, low).clamp(0, top))
     reciprocal = torch.where(scale != 0, 1.0 / scale, torch.zeros_like(scale))
-    codes = _roundf(x * reciprocal[..., None] + mid).clamp_(0, 2 * mid - 1)
-    return codes, scale
+    codes = _roundf(x * reciprocal[..., None] + zero[..., None]).clamp_(0, top)
+    return codes, scale, zero
 
 
-def fake_quant(w: torch.Tensor, bits: int, block: int) -> torch.Tensor:
+def fake_quant(w: torch.Tensor, bits: int, block: int, symmetric: bool = True) -> torch.Tensor:
     """`w` (out, in) as it reads after quantization to `bits` in blocks of `block` along `in`."""
-    codes, scale = quantize(w, bits, block)
-    mid = float(1 << (bits - 1))
-    dequantized = ((codes - mid) * scale[..., None]).reshape(w.shape[0], -1)[:, : w.shape[1]]
+    codes, scale, zero = quantize(w, bits, block, symmetric)
+    dequantized = ((codes - zero[..., None]) * scale[..., None]).reshape(w.shape[0], -1)[:, : w.shape[1]]
     return dequantized.to(w.dtype)
 
 
@@ -67,25 +90,25 @@ class _StraightThrough(torch.autograd.Function):
     """Forward: exactly the fake-quantized weight; backward: the gradient as it is."""
 
     @staticmethod
-    def forward(ctx, weight: torch.Tensor, bits: int, block: int, transposed: bool) -> torch.Tensor:
+    def forward(ctx, weight: torch.Tensor, scheme: QuantScheme, transposed: bool) -> torch.Tensor:
         if transposed:
-            return fake_quant(weight.T, bits, block).T.contiguous()
-        return fake_quant(weight, bits, block)
+            return fake_quant(weight.T, scheme.bits, scheme.block, scheme.symmetric).T.contiguous()
+        return fake_quant(weight, scheme.bits, scheme.block, scheme.symmetric)
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
-        return grad, None, None, None
+        return grad, None, None
 
 
 class FakeQuant(nn.Module):
     """A parametrization: the weight's fake-quantized value forward, the identity backward."""
 
-    def __init__(self, bits: int, block: int, transposed: bool = False):
+    def __init__(self, scheme: QuantScheme, transposed: bool = False):
         super().__init__()
-        self.bits, self.block, self.transposed = bits, block, transposed
+        self.scheme, self.transposed = scheme, transposed
 
     def forward(self, weight: torch.Tensor) -> torch.Tensor:
-        return _StraightThrough.apply(weight, self.bits, self.block, self.transposed)
+        return _StraightThrough.apply(weight, self.scheme, self.transposed)
 
 
 def quantized_weights(model: nn.Module) -> dict[str, bool]:
@@ -105,14 +128,15 @@ def quantized_weights(model: nn.Module) -> dict[str, bool]:
 
 
 @contextmanager
-def quant_aware(model: nn.Module, bits: int, block: int) -> Iterator[list[str]]:
+def quant_aware(model: nn.Module, bits: int, block: int, symmetric: bool = True) -> Iterator[list[str]]:
     """Within the block, `model` computes with fake-quantized weights (straight-through); yields the
     paths of the quantized modules. On exit the float (latent) weights are put back, ties kept."""
     check(bits, block)
+    scheme = QuantScheme(bits, block, symmetric)
     paths = quantized_weights(model)
     for path, transposed in paths.items():
         parametrize.register_parametrization(model.get_submodule(path), "weight",
-                                             FakeQuant(bits, block, transposed))
+                                             FakeQuant(scheme, transposed))
     try:
         yield list(paths)
     finally:

@@ -55,7 +55,8 @@ def quantized_reference(model: nn.Module, fmt: WeightFormat) -> nn.Module:
     for param, transposed in quantized_weights(ref):
         weight = param.detach().float().numpy()
         weight = weight.T if transposed else weight
-        codes, scales = quantize_blocks(np.ascontiguousarray(weight), fmt.bits, fmt.block_size)
-        fake = dequantize_blocks(codes, scales, fmt.bits, weight.shape[1])
+        codes, scales, zero_points = quantize_blocks(np.ascontiguousarray(weight), fmt.bits, fmt.block_size,
+                                                     fmt.symmetric)
+        fake = dequantize_blocks(codes, scales, fmt.bits, weight.shape[1], zero_points)
         param.copy_(torch.from_numpy(fake.T if transposed else fake))
     return ref

@@ -2,9 +2,9 @@
 MatMulNBits / GatherBlockQuantized, whose bytes onnxruntime's own quantizer produces.
 
 A weight is always handed over in PyTorch's nn.Linear layout, (out, in) = (N, K). Quantization
-is symmetric, per block of `block_size` inputs, as MatMulNBits expects: scale = the block's
-largest-magnitude element / -2^(bits-1), codes offset by 2^(bits-1) (toolkit.quant fakes exactly
-this for quantization-aware healing).
+is per block of `block_size` inputs, as MatMulNBits expects: symmetric (scale = the block's
+largest-magnitude element / -2^(bits-1), codes offset by 2^(bits-1)) or, with zero points, over the
+block's range (toolkit.quant fakes exactly both for quantization-aware healing).
 """
 
 from __future__ import annotations
@@ -27,6 +27,7 @@ class WeightFormat:
     name: str = "fp32"
     block_size: int = 32
     accuracy_level: int = 4
+    symmetric: bool = True  # False: a stored zero point per block (MatMulNBits' asymmetric form)
 
     def __post_init__(self):
         if self.name not in FORMATS:
@@ -48,47 +49,57 @@ class WeightFormat:
 
 @dataclass(frozen=True)
 class Quantized:
-    """MatMulNBits weight of an (N, K) matrix: codes (N, blocks, block_bytes) uint8, scales (N*blocks,)."""
+    """MatMulNBits weight of an (N, K) matrix: codes (N, blocks, block_bytes) uint8, scales (N*blocks,),
+    zero points (N * ceil(blocks*bits/8),) uint8 or "" (symmetric)."""
 
     codes: str
     scales: str
     n: int
     k: int
+    zero_points: str = ""
 
 
-def quantize_blocks(weight: np.ndarray, bits: int, block_size: int) -> tuple[np.ndarray, np.ndarray]:
-    """onnxruntime's own symmetric block quantizer on an (N, K) weight: (codes, scales)."""
+def quantize_blocks(weight: np.ndarray, bits: int, block_size: int, symmetric: bool = True
+                    ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """onnxruntime's own block quantizer on an (N, K) weight: (codes, scales, zero points or None)."""
     from onnxruntime.capi import _pybind_state as ort_c
 
     n, k = weight.shape
     blocks = -(-k // block_size)
     codes = np.zeros((n, blocks, block_size * bits // 8), np.uint8)
     scales = np.zeros(n * blocks, np.float32)
-    zero_points = np.zeros(n * -(-blocks * bits // 8), np.uint8)  # unused when symmetric
+    zero_points = np.zeros(n * -(-blocks * bits // 8), np.uint8)  # written only when asymmetric
     quantize = {4: ort_c.quantize_matmul_4bits, 8: ort_c.quantize_matmul_8bits}[bits]
-    quantize(codes, np.ascontiguousarray(weight.T, dtype=np.float32), scales, zero_points, block_size, n, k, True)
-    return codes, scales
+    quantize(codes, np.ascontiguousarray(weight.T, dtype=np.float32), scales, zero_points, block_size, n, k,
+             symmetric)
+    return codes, scales, None if symmetric else zero_points
 
 
-def dequantize_blocks(codes: np.ndarray, scales: np.ndarray, bits: int, k: int) -> np.ndarray:
+def unpack(packed: np.ndarray, bits: int, n: int, count: int) -> np.ndarray:
+    """(n, count) values of `bits` from rows of packed uint8 (two 4-bit values a byte, low nibble first)."""
+    rows = packed.reshape(n, -1)
+    if bits == 4:
+        rows = np.stack([rows & 15, rows >> 4], axis=-1).reshape(n, -1)
+    return rows[:, :count]
+
+
+def dequantize_blocks(codes: np.ndarray, scales: np.ndarray, bits: int, k: int,
+                      zero_points: np.ndarray | None = None) -> np.ndarray:
     """The (N, K) float weight that MatMulNBits computes with (for checks and tests)."""
     n, blocks, _ = codes.shape
-    if bits == 4:
-        values = np.stack([codes & 15, codes >> 4], axis=-1).reshape(n, blocks, -1)
-    else:
-        values = codes
-    values = values.astype(np.float32) - 2 ** (bits - 1)
-    return (values * scales.reshape(n, blocks, 1)).reshape(n, -1)[:, :k]
+    values = unpack(codes, bits, n, blocks * codes.shape[2] * 8 // bits).reshape(n, blocks, -1).astype(np.float32)
+    zero = 2.0 ** (bits - 1) if zero_points is None else unpack(zero_points, bits, n, blocks)[..., None]
+    return ((values - zero) * scales.reshape(n, blocks, 1)).reshape(n, -1)[:, :k]
 
 
 def add_quantized(g: Graph, name: str, weight: np.ndarray, fmt: WeightFormat) -> Quantized:
-    codes, scales = quantize_blocks(weight, fmt.bits, fmt.block_size)
+    codes, scales, zero_points = quantize_blocks(weight, fmt.bits, fmt.block_size, fmt.symmetric)
     return Quantized(g.weight(f"{name}.codes", codes), g.weight(f"{name}.scales", scales.astype(fmt.dtype)),
-                     *weight.shape)
+                     *weight.shape, "" if zero_points is None else g.weight(f"{name}.zero_points", zero_points))
 
 
 def matmul_nbits(g: Graph, x: str, q: Quantized, name: str, fmt: WeightFormat, bias: str = "") -> str:
-    inputs = [x, q.codes, q.scales] + (["", "", bias] if bias else [])
+    inputs = [x, q.codes, q.scales] + ([q.zero_points, "", bias] if bias else [q.zero_points] if q.zero_points else [])
     return g.one("MatMulNBits", inputs, name, domain=MS, K=q.k, N=q.n, bits=fmt.bits,
                  block_size=fmt.block_size, accuracy_level=fmt.accuracy_level)
 
@@ -112,12 +123,17 @@ def gather_table(g: Graph, table: np.ndarray, ids: str, name: str, fmt: WeightFo
 
 def gather_quantized(g: Graph, q: Quantized, ids: str, name: str, fmt: WeightFormat) -> str:
     """GatherBlockQuantized rows of a MatMulNBits weight (its N rows), reading the same bytes: a
-    tied table is stored once. Its default zero point (2^(bits-1) for uint8 data) is MatMulNBits'."""
+    tied table is stored once. Its default zero point (2^(bits-1) for uint8 data) is MatMulNBits'; stored
+    zero points are packed per row as MatMulNBits packs them."""
     blocks = -(-q.k // fmt.block_size)
     row_bytes = blocks * fmt.block_size * fmt.bits // 8
     codes = g.one("Reshape", [q.codes, g.const([q.n, row_bytes])], f"{name}/codes_rows")
     scales = g.one("Reshape", [q.scales, g.const([q.n, blocks])], f"{name}/scales_rows")
-    rows = g.one("GatherBlockQuantized", [codes, ids, scales], f"{name}/GatherBlockQuantized", domain=MS,
+    inputs = [codes, ids, scales]
+    if q.zero_points:
+        inputs.append(g.one("Reshape", [q.zero_points, g.const([q.n, -(-blocks * fmt.bits // 8)])],
+                            f"{name}/zero_points_rows"))
+    rows = g.one("GatherBlockQuantized", inputs, f"{name}/GatherBlockQuantized", domain=MS,
                  bits=fmt.bits, block_size=fmt.block_size, gather_axis=0, quantize_axis=1)
     if blocks * fmt.block_size == q.k:
         return rows

@@ -30,7 +30,7 @@ from toolkit.errors import TensoredgeError
 from toolkit.evaluate import Window, compare, default_batch
 from toolkit.heal.mix import DataMix
 from toolkit.heal.state import STATE, Resume, legacy_warning, read_state, restore, save_state
-from toolkit.quant import quant_aware
+from toolkit.quant import QuantScheme, quant_aware
 
 TRAIN_MODES = ("all", "adapters")
 LOG_SECONDS = 30.0  # a progress line every 5% of the steps, and at least this often
@@ -51,6 +51,7 @@ class HealConfig:
     kl_chunk: int = 2048  # positions per KL chunk
     quant_bits: int = 0  # 4 or 8: train for that weight quantization; 0: float
     quant_block: int = 32
+    quant_symmetric: bool = True  # False: a zero point per block (MatMulNBits' asymmetric form)
 
     def check(self) -> None:
         if self.train not in TRAIN_MODES:
@@ -176,12 +177,17 @@ def heal(student: nn.Module, teacher: nn.Module, data: DataMix | torch.Tensor, c
     data.check(config.seq_len)
     student.to(device).eval()  # no dropout: the student should match the teacher's deterministic outputs
     teacher.to(device).eval()
-    quant = quant_aware(student, config.quant_bits, config.quant_block) if config.quant_bits else nullcontext()
+    quant = quant_aware(student, *quant_of(config)) if config.quant_bits else nullcontext()
     with quant:
         trainer = Trainer(student, teacher, data, config, device)
         if resume == "auto":
             resume = check_resume(out_dir, trainer.params, config, data, say)
         return _train(trainer, out_dir, say, time_limit, monitor or {}, resume, record or {})
+
+
+def quant_of(config: HealConfig) -> tuple[int, int, bool]:
+    """(bits, block, symmetric): the weight quantization `config` trains for (bits 0: none)."""
+    return config.quant_bits, config.quant_block, config.quant_symmetric
 
 
 def expected_record(config: HealConfig, data: DataMix) -> dict:
@@ -216,7 +222,7 @@ def _train(trainer: Trainer, out_dir: Path, say, time_limit, monitor, resume: Re
     trained = sum(p.numel() for p in trainer.params.values())
     say(f"healing {trained:,} parameters ({config.train}) for {config.steps} steps of "
         f"{config.batch} x {config.seq_len} tokens on {device}" +
-        (f", int{config.quant_bits} weights simulated (blocks of {config.quant_block})" if config.quant_bits else ""))
+        (f", weights simulated as {QuantScheme(*quant_of(config))}" if config.quant_bits else ""))
     if monitor and config.eval_every and start == 0:
         record["curves"].append(_monitor(trainer, monitor, 0, 0.0, say))
     began, before = time.time(), record["train_seconds"]  # seconds of earlier runs, for the record

@@ -17,9 +17,9 @@ from pathlib import Path
 from typing import Callable
 
 from toolkit.errors import TensoredgeError
-from toolkit.heal.loop import HealConfig, check_resume, heal, trainable
+from toolkit.heal.loop import HealConfig, check_resume, heal, quant_of, trainable
 
-QUANT_SCHEME = "symmetric blocks along the input dimension (ONNX Runtime MatMulNBits)"
+QUANT_SCHEME = "blocks along the input dimension (ONNX Runtime MatMulNBits)"
 
 
 @dataclass(frozen=True)
@@ -44,9 +44,10 @@ class HealJob:
     curve_tokens: int = 4096  # of each held-out text, every eval_every steps
 
 
-def evaluate(teacher, student, windows: dict[str, list], device: str, say, quant: tuple[int, int] | None = None) -> dict:
+def evaluate(teacher, student, windows: dict[str, list], device: str, say,
+             quant: tuple[int, int, bool] | None = None) -> dict:
     """Perplexity, KL and top-1 of the student (and the teacher's perplexity) on each held-out text;
-    with `quant` = (bits, block), the student computes with fake-quantized weights."""
+    with `quant` = (bits, block, symmetric), the student computes with fake-quantized weights."""
     from toolkit.evaluate import compare, default_batch
     from toolkit.quant import quant_aware
 
@@ -102,7 +103,7 @@ def run(job: HealJob, progress: Callable[[str], None] | None = None) -> dict:
             monitor[name], _ = text_windows(loaded.tokenizer, name, job.curve_tokens, context, job.stride, ids)
     claim_folder(out, "heal")  # ours from now on: resumable, and recognised by a later run
     resume = check_resume(out, trainable(loaded.model, config.train), config, data, say)
-    quant = (config.quant_bits, config.quant_block) if config.quant_bits else None
+    quant = quant_of(config) if config.quant_bits else None
     teacher.model.to(job.device).eval()
     loaded.model.to(job.device).eval()
     if resume is not None and resume.record.get("evaluation") == evaluation and "before" in resume.record:
@@ -166,7 +167,8 @@ def check_outputs(out: Path, train: str, merge: bool) -> None:
 def _quant_record(config: HealConfig) -> dict | None:
     if not config.quant_bits:
         return None
-    return {"bits": config.quant_bits, "block": config.quant_block, "scheme": QUANT_SCHEME}
+    return {"bits": config.quant_bits, "block": config.quant_block, "symmetric": config.quant_symmetric,
+            "scheme": QUANT_SCHEME}
 
 
 def _healing_record(job: HealJob, teacher: str, training: dict, data, config: HealConfig) -> dict:
