@@ -31,9 +31,20 @@
 #   worse, 24.51 against 22.78 on 4,096 test tokens, docs/healing.md).
 # - heal02, heal03: the heal grid's 20% and 30% points (svd-llm x uniform/surgical/sensitivity, 500
 #   steps x 8 x 512 tokens, 16,384 test tokens), resumed from the 10% points' JSON
+#
+# SESSION=tiered (the sixth session, issues 14 and 17): the frequency-tiered table and shared head
+# (`svd-tiered:ratio=2`: the 4,096 most frequent tokens exact, the others in two weighted low-rank tiers;
+# the head reads half the table's bytes per token). Same calls (CALL=1..3 carry the wheels and GGUF parts,
+# then the driver runs detached); its jobs, side by side:
+#     plan0:heal0  svd-tiered:ratio=2 alone                                  float   issue 14 head goal (+2%)
+#     plan0:heal1  svd-tiered:ratio=2 alone                                  int4    a file to ship (dense body)
+#     plan1:heal1  5% of FC (svd-llm sensitivity ranks) + svd-tiered:ratio=2 int4    a file to ship
+#   then the full-text evaluation (every plan unhealed too: the head's training-free figure) and both int4
+#   files exported (SHIP=plan0-heal1, then SHIP=plan1-heal1, bring them back in pieces).
 set -euo pipefail
 : "${OUT:?set OUT to the folder that comes back}"
-W=/tmp/tensoredge-ship
+SESSION=${SESSION:-ship}
+W=/tmp/tensoredge-$SESSION
 SHIP=${SHIP:-plan2-heal1}
 mkdir -p "$W/logs"
 
@@ -52,7 +63,14 @@ driver() {  # everything, in the background of the calls; resumable
     export TRAIN_SECONDS=${TRAIN_SECONDS:-600} PROBE_SECONDS=40
     export QUANT_EVAL=int4 EVAL_UNHEALED=0
     export EXPORTS="plan2-heal1 plan4-heal1" EXPORT_ARGS="--precision int4"
-    for part in heal02 heal03; do
+    if [ "$SESSION" = tiered ]; then
+        export PLANS="--embedding svd-tiered:ratio=2|\
+--fc svd-llm --remove 0.05 --alloc sensitivity --calibration valid,books --embedding svd-tiered:ratio=2"
+        export RUNS="0:0 0:1 1:1" EVAL_UNHEALED=1 EXPORTS="plan0-heal1 plan1-heal1"
+    fi
+    local parts=(heal02 heal03)
+    [ "$SESSION" = tiered ] && parts=()
+    for part in "${parts[@]}"; do
         mkdir -p "$W/$part"
         [ -f "$W/$part/fc-sweep.json" ] || cp benchmarks/results/grid-2026-12-02-h200/heal-grid/fc-sweep.json "$W/$part/"
     done
@@ -67,8 +85,8 @@ driver() {  # everything, in the background of the calls; resumable
         stage export "$W/goal-export" &
         wait
     ) &
-    for removal in 0.2 0.3; do
-        part=heal0${removal#0.}
+    for part in "${parts[@]}"; do
+        removal=0.${part#heal0}
         OMP_NUM_THREADS=2 python3 -m toolkit.cli sweep fc --model smollm2-135m --out "$W/$part" --max-tokens 16385 --methods svd-llm \
             --allocs uniform,surgical,sensitivity --removals "$removal" --heal 500 --heal-batch 8 --heal-seq-len 512 \
             --heal-lr 3e-4 --heal-tokens 1000000 --hopeless inf --device cuda >> "$W/logs/$part.log" 2>&1 &

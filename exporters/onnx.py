@@ -23,6 +23,7 @@ from device_bench.errors import BenchError
 from device_bench.onnx_lm import OnnxCausalLM
 from exporters.onnx_builder import WeightFormat, build_decoder, shape_of
 from exporters.onnx_builder.genai import write_genai_config
+from exporters.onnx_builder.modules import extra_elements
 from exporters.onnx_builder.reference import quantized_reference
 from exporters.onnx_graph import check_elements_kept, graph_weight_bytes, op_counts
 from exporters.onnx_parity import FLOAT64_SLACK, check_agreement, check_parity, check_quantized
@@ -108,7 +109,7 @@ def export_onnx(
             proto = build_decoder(model, loaded.family, fmt, metadata(loaded, fmt))
             entry = {"file": path.name, "weights": asdict(fmt), "nodes": len(proto.graph.node),
                      "ops": op_counts(proto), "graph_weight_bytes": graph_weight_bytes(proto),
-                     "graph_weight_elements": check_elements_kept(proto, counts["params"])}
+                     "graph_weight_elements": check_elements_kept(proto, counts["params"] + extra_elements(model, fmt))}
             save_model(proto, path)
             del proto
             entry["file_bytes"] = sum(f.stat().st_size for f in tmp.glob(f"{path.name}*"))

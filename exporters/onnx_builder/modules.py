@@ -12,7 +12,9 @@ from exporters.onnx_builder.subgraph import splice
 from exporters.onnx_builder.weights import (Quantized, WeightFormat, add_quantized, gather_quantized, gather_table,
                                             linear, matmul_nbits)
 from toolkit.compress.low_rank import LowRankLinear
+from toolkit.compress.shared_head import SharedHead
 from toolkit.compress.svd_embedding import LowRankEmbedding
+from toolkit.compress.svd_tiered import TieredLowRankEmbedding
 from toolkit.errors import TensoredgeError
 
 
@@ -88,8 +90,11 @@ class Vocabulary:
         table = tied_table(model)
         self.tied: str | Quantized | None = None
         if table is not None:
-            self.tied = add_quantized(g, "lm_head", table, fmt) if fmt.bits else \
-                g.weight("model.embed_tokens.weight", table.astype(fmt.dtype))
+            self.tied = stored_once(g, "lm_head", table, fmt)
+        self.tiers = None
+        embedding = model.get_input_embeddings()
+        if isinstance(embedding, TieredLowRankEmbedding):
+            self.tiers = TieredTable(g, embedding, fmt)
 
     def embed(self, ids: str) -> str:
         g, fmt, module = self.g, self.fmt, self.model.get_input_embeddings()
@@ -98,6 +103,8 @@ class Vocabulary:
             return gather_quantized(g, self.tied, ids, name, fmt)
         if isinstance(self.tied, str):
             return g.one("Gather", [self.tied, ids], f"{name}/Gather")
+        if self.tiers is not None:
+            return self.tiers.rows(ids, name)
         if isinstance(module, nn.Embedding):
             return gather_table(g, array(module.weight), ids, name, fmt)
         if isinstance(module, LowRankEmbedding):  # rows of left, times right: both kept
@@ -107,15 +114,93 @@ class Vocabulary:
 
     def logits(self, hidden: str) -> str:
         g, fmt = self.g, self.fmt
-        if isinstance(self.tied, Quantized):
-            y = matmul_nbits(g, hidden, self.tied, "lm_head/MatMulNBits", fmt)
-        elif isinstance(self.tied, str):  # (V, H) read transposed, not stored twice
-            y = g.one("Gemm", [g.one("Reshape", [hidden, g.const([-1, self.hidden])], "lm_head/flatten"), self.tied],
-                      "lm_head/Gemm", transB=1)
-            shape = g.one("Concat", [g.one("Slice", [g.one("Shape", [hidden], "lm_head/shape"), g.const([0]),
-                                                    g.const([-1])], "lm_head/batch_seq"), g.const([-1])],
-                          "lm_head/out_shape", axis=0)
-            y = g.one("Reshape", [y, shape], "lm_head/unflatten")
+        head = self.model.get_output_embeddings()
+        if self.tied is not None:
+            y = times_transposed(g, hidden, self.tied, self.hidden, "lm_head", fmt)
+        elif self.tiers is not None and isinstance(head, SharedHead) and head.embedding is self.tiers.module:
+            y = self.tiers.logits(hidden, self.hidden)
         else:
-            y = emit_linear(g, hidden, self.model.get_output_embeddings(), "lm_head", fmt, self.hidden)
+            y = emit_linear(g, hidden, head, "lm_head", fmt, self.hidden)
         return y if fmt.dtype == np.float32 else g.one("Cast", [y], "logits/to_fp32", to=FLOAT)
+
+
+def stored_once(g: Graph, name: str, weight: np.ndarray, fmt: WeightFormat) -> str | Quantized:
+    """An (N, K) weight that both a gather (its rows) and a matmul (x W^T) read: block-quantized for
+    MatMulNBits and GatherBlockQuantized alike, or one float initializer."""
+    return add_quantized(g, name, weight, fmt) if fmt.bits else g.weight(f"{name}.weight", weight.astype(fmt.dtype))
+
+
+def times_transposed(g: Graph, x: str, weight: str | Quantized, width: int, name: str, fmt: WeightFormat) -> str:
+    """x W^T for a weight stored once by `stored_once` (a float one read transposed by Gemm)."""
+    if isinstance(weight, Quantized):
+        return matmul_nbits(g, x, weight, f"{name}/MatMulNBits", fmt)
+    y = g.one("Gemm", [g.one("Reshape", [x, g.const([-1, width])], f"{name}/flatten"), weight], f"{name}/Gemm", transB=1)
+    shape = g.one("Concat", [g.one("Slice", [g.one("Shape", [x], f"{name}/shape"), g.const([0]), g.const([-1])],
+                                   f"{name}/batch_seq"), g.const([-1])], f"{name}/out_shape", axis=0)
+    return g.one("Reshape", [y, shape], f"{name}/unflatten")
+
+
+def gather_rows(g: Graph, weight: str | Quantized, ids: str, name: str, fmt: WeightFormat) -> str:
+    return gather_quantized(g, weight, ids, name, fmt) if isinstance(weight, Quantized) else \
+        g.one("Gather", [weight, ids], f"{name}/Gather")
+
+
+def extra_elements(model: nn.Module, fmt: WeightFormat) -> int:
+    """Weight elements the graph holds beyond the model's parameters: a tiered table's slot map, and
+    in quantized formats the float copy of each tier's `right` that its rows use."""
+    extra = 0
+    for module in model.modules():
+        if isinstance(module, TieredLowRankEmbedding):
+            extra += module.slot.numel() + (sum(m.weight.numel() for m in module.right) if fmt.bits else 0)
+    return extra
+
+
+class TieredTable:
+    """svd-tiered in the graph: each tier's matrices stored once and read by both the token rows
+    (GatherBlockQuantized / Gather) and the shared head (MatMulNBits / Gemm); the concatenated tier
+    logits are gathered back into token order by the slot map. The rows' own `right` product uses
+    the very values the head's quantized `right` holds (dequantized), as the PyTorch reference does."""
+
+    def __init__(self, g: Graph, module: TieredLowRankEmbedding, fmt: WeightFormat):
+        from exporters.onnx_builder.weights import dequantize_blocks, quantize_blocks
+
+        self.g, self.module, self.fmt = g, module, fmt
+        name = "model.embed_tokens"
+        self.slot = g.weight(f"{name}.slot", module.slot.numpy().astype(np.int32))
+        self.exact = stored_once(g, f"{name}.exact", array(module.exact.weight), fmt)
+        self.left = [stored_once(g, f"{name}.tier{t}.left", array(m.weight), fmt) for t, m in enumerate(module.left)]
+        self.right = [stored_once(g, f"{name}.tier{t}.right", array(m.weight), fmt) for t, m in enumerate(module.right)]
+        self.right_rows = self.right  # (r, d), read as rows @ right; quantized, a float copy of its values
+        if fmt.bits:
+            self.right_rows = []
+            for t, m in enumerate(module.right):
+                weight = array(m.weight)
+                codes, scales, zero_points = quantize_blocks(weight, fmt.bits, fmt.block_size, fmt.symmetric)
+                weight = dequantize_blocks(codes, scales, fmt.bits, weight.shape[1], zero_points)
+                self.right_rows.append(g.weight(f"{name}.tier{t}.right_rows", weight.astype(fmt.dtype)))
+
+    def rows(self, ids: str, name: str) -> str:
+        g, module = self.g, self.module
+        row = g.one("Gather", [self.slot, ids], f"{name}/slot")
+        last = g.const([module.exact.out_features - 1], np.int32)
+        out = gather_rows(g, self.exact, g.one("Min", [row, last], f"{name}/exact_row"), f"{name}.exact", self.fmt)
+        for t, start in enumerate(module.starts):
+            count = module.left[t].out_features
+            place = g.one("Sub", [row, g.const([start], np.int32)], f"{name}.tier{t}/offset")
+            place = g.one("Min", [g.one("Max", [place, g.const([0], np.int32)], f"{name}.tier{t}/floor"),
+                                  g.const([count - 1], np.int32)], f"{name}.tier{t}/place")
+            low = gather_rows(g, self.left[t], place, f"{name}.tier{t}.left", self.fmt)
+            rows = g.one("MatMul", [low, self.right_rows[t]], f"{name}.tier{t}/rows")
+            inside = g.one("Unsqueeze", [g.one("GreaterOrEqual", [row, g.const([start], np.int32)],
+                                               f"{name}.tier{t}/inside"), g.const([-1])], f"{name}.tier{t}/inside_col")
+            out = g.one("Where", [inside, rows, out], f"{name}.tier{t}/Where")
+        return out
+
+    def logits(self, hidden: str, width: int) -> str:
+        g, fmt = self.g, self.fmt
+        parts = [times_transposed(g, hidden, self.exact, width, "lm_head.exact", fmt)]
+        for t, (left, right) in enumerate(zip(self.left, self.right)):
+            low = times_transposed(g, hidden, right, width, f"lm_head.tier{t}.right", fmt)
+            parts.append(times_transposed(g, low, left, self.module.right[t].out_features, f"lm_head.tier{t}.left", fmt))
+        tiers = g.one("Concat", parts, "lm_head/tiers", axis=-1)
+        return g.one("Gather", [tiers, self.slot], "lm_head/token_order", axis=-1)

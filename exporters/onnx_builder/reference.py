@@ -12,6 +12,7 @@ import torch.nn as nn
 from exporters.onnx_builder.weights import WeightFormat, dequantize_blocks, quantize_blocks
 from toolkit.compress.low_rank import LowRankLinear
 from toolkit.compress.svd_embedding import LowRankEmbedding
+from toolkit.compress.svd_tiered import TieredLowRankEmbedding
 
 
 def quantized_weights(model: nn.Module) -> list[tuple[nn.Parameter, bool]]:
@@ -42,7 +43,8 @@ def _inside_traced(model: nn.Module, linear: nn.Linear) -> bool:
     from toolkit.compress.registry import Factorized
 
     for module in model.modules():
-        if isinstance(module, Factorized) and not isinstance(module, (LowRankLinear, LowRankEmbedding)):
+        if isinstance(module, Factorized) and not isinstance(module, (LowRankLinear, LowRankEmbedding,
+                                                                      TieredLowRankEmbedding)):
             if any(sub is linear for sub in module.modules()):
                 return True
     return False

@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch.nn as nn
 
 from toolkit.compress import (asvd, feature_space, low_rank, shared_head, svd_embedding,  # noqa: F401 - registers
-                              svd_llm, trawl, tt_embedding, tt_linear, tt_matrix)
+                              svd_llm, svd_tiered, trawl, tt_embedding, tt_linear, tt_matrix)
 from toolkit.compress.context import Context
 from toolkit.compress.registry import METHODS, Factorized, get_method
 from toolkit.compress.shared_head import HEAD_PARAMS, HEAD_POLICIES, SharedHead

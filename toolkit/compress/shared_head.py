@@ -2,7 +2,7 @@
 each choice costs per decoded token.
 
 - `shared`: no weights of its own; logits from the embedding's factors (`SharedHead`). A table
-  that can contract through its factors (`project`, e.g. svd-table) does so; otherwise the table
+  that can contract through its factors (`project`: svd-table, svd-tiered) does so; otherwise the table
   is rebuilt (ONNX Runtime folds that into a dense table in memory at load).
 - `dense`: the head keeps the original table as its own weight, counted under lm_head.
 - `lowrank`: the head becomes a truncated SVD of the original table (`head_ratio=R`, default the
@@ -52,7 +52,7 @@ class SharedHeadMethod:
 
 
 def stored_bytes(module: nn.Module) -> int:
-    return sum(p.numel() * p.element_size() for p in module.parameters())
+    return sum(t.numel() * t.element_size() for t in (*module.parameters(), *module.buffers()))
 
 
 def head_costs(model: nn.Module, embedding: nn.Module) -> dict:
@@ -62,10 +62,10 @@ def head_costs(model: nn.Module, embedding: nn.Module) -> dict:
     vocab, dim = model.config.vocab_size, model.config.hidden_size
     dense_read, dense_flops = 4 * vocab * dim, 2 * vocab * dim
     if isinstance(head, SharedHead):
-        if hasattr(embedding, "project"):  # h @ right^T @ left^T
-            rank = embedding.left.shape[1]
+        if hasattr(embedding, "project"):  # through the factors: one multiply-add per stored value
+            values = sum(p.numel() for p in embedding.parameters())
             return {"policy": "shared (contract)", "head_bytes": 0, "bytes_read": stored_bytes(embedding),
-                    "flops": 2 * rank * (vocab + dim), "runtime_extra_bytes": 0}
+                    "flops": 2 * values, "runtime_extra_bytes": 0}
         return {"policy": "shared (rebuild)", "head_bytes": 0, "bytes_read": dense_read, "flops": dense_flops,
                 "runtime_extra_bytes": dense_read}
     if isinstance(head, Factorized):  # a low-rank head: down (r x d), up (V x r)

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 
 from toolkit.errors import TensoredgeError
 
-WHOLE = ("rank", "order", "tiers")  # counts: 1.5 is refused, never rounded down
+WHOLE = ("rank", "order", "tiers", "exact")  # counts: 1.5 is refused, never rounded down
 POSITIVE = ("ratio", "head_ratio", "eps", "boost", "top")
 
 

@@ -106,8 +106,9 @@ def trainable(student: nn.Module, train: str) -> dict[str, nn.Parameter]:
     fixed order; sets requires_grad accordingly."""
     from toolkit.adapters import adapters_of
 
-    if train == "all":
-        student.requires_grad_(True)
+    if train == "all":  # every float tensor (an index map such as a tier's slots is not trained)
+        for param in student.parameters():
+            param.requires_grad_(param.is_floating_point())
     else:
         if not adapters_of(student):
             raise TensoredgeError("--train adapters needs TT-LoRA adapters on the model (add_adapters_)")
