@@ -182,7 +182,8 @@ def plots(rows: list[dict], on_front: dict[str, set], machine: str, out: Path) -
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--bench", type=Path, nargs="+",
-                   default=[REPO / "benchmarks/results/runtime/smollm2-135m/runtime_bench.json"],
+                   default=[REPO / "benchmarks/results/runtime/smollm2-135m/runtime_bench.json",
+                            REPO / "benchmarks/results/runtime-kquants/smollm2-135m/runtime_bench.json"],
                    help="runtime_bench.json files: the first one's rows, plus rows only the others have "
                         "(e.g. benchmarks/results/runtime-healed*/...: then marked as timed in another run)")
     p.add_argument("--heal", type=Path, default=REPO / "benchmarks/results/ship-2026-12-02-h200/heal",
@@ -405,7 +406,11 @@ healed for int4 to the end of a 600-second schedule, 4.2M and 4.5M tokens), each
 int4 ONNX folder. This page: `python benchmarks/runtime_bench.py --onnx NAME DIR` (once per healed
 folder, so every row is timed in one run), `python benchmarks/pareto.py --merge [--text alice] --rows
 LABEL...` for the rows not scored yet (scores are kept in benchmarks/results/pareto/scores.json), then
-`python benchmarks/pareto.py --reuse`. Written {datetime.now(timezone.utc):%Y-%m-%d}.
+`python benchmarks/pareto.py --reuse`. The llama.cpp Q4_K_M and IQ4_NL rows (written by llama.cpp's own
+quantizer, `tensoredge export gguf --type q4_k_m|iq4_nl`) were added later and timed in their own run
+beside Q4_0, Q4_1 and svd-llm-fc5s-qat (`python benchmarks/runtime_bench.py --onnx svd-llm-fc5s-qat DIR
+--rows ... --out benchmarks/results/runtime-kquants`, the second default `--bench`). Written
+{datetime.now(timezone.utc):%Y-%m-%d}.
 
 ## Is a compressed file ahead of plain quantization?
 

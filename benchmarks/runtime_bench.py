@@ -10,7 +10,7 @@ builder, one run, interleaved rounds, same threads, prompt and decode length for
 
 Rows (SmolLM2): our exports fp32/int8/int4 of the dense model and of each variant (by default
 svd-llm with 20% of the FC parameters removed, made here with `tensoredge compress`), llama.cpp
-F32/Q8_0/Q4_0 of our GGUF, and GenAI fp32/int8/int4 written by onnxruntime_genai's model builder
+F32/Q8_0/Q5_1/Q4_1/Q4_0 of our GGUF (Q4_K_M and IQ4_NL by llama.cpp's own quantizer), and GenAI fp32/int8/int4 written by onnxruntime_genai's model builder
 from the same weights, run by GenAI's generator. The builder needs transformers >= 5, so it runs
 in its own virtual environment (.bench/genai-builder), made here on first use.
 
@@ -189,7 +189,7 @@ def prepare(args: argparse.Namespace, work: Path) -> tuple[dict, object]:
         for precision in PRECISIONS:
             if (export / FILES[precision]).is_file():
                 rows[f"ours {name} {precision}"] = (str(export / FILES[precision]), "onnx", export / FILES[precision], 4)
-    for weight_type in ("f32", "q8_0", "q5_1", "q4_1", "q4_0"):
+    for weight_type in ("f32", "q8_0", "q5_1", "q4_k_m", "q4_1", "iq4_nl", "q4_0"):
         path = work / f"dense-{weight_type}.gguf"
         if not path.is_file():
             say(f"tensoredge export gguf {weight_type}")

@@ -26,7 +26,12 @@ ARCHES = {"gpt2": "GPT2", "llama": "LLAMA"}
 CONV1D = (".attn.c_attn.weight", ".attn.c_proj.weight", ".mlp.c_fc.weight", ".mlp.c_proj.weight")
 VERIFY_PROMPT, VERIFY_STEPS = 16, 32
 # A quantized file must still agree with PyTorch on most greedy tokens, or it is broken.
-MIN_AGREEMENT = {"f32": 1.0, "f16": 0.75, "q8_0": 0.5, "q5_1": 0.25, "q5_0": 0.25, "q4_1": 0.25, "q4_0": 0.25}
+MIN_AGREEMENT = {"f32": 1.0, "f16": 0.75, "q8_0": 0.5, "q5_1": 0.25, "q5_0": 0.25, "q4_1": 0.25, "q4_0": 0.25,
+                 "q6_k": 0.5, "q5_k_m": 0.25, "q4_k_m": 0.25, "q4_k_s": 0.25, "q3_k_m": 0.25, "iq4_nl": 0.25}
+# k-quants and IQ4_NL: llama.cpp's own quantizer (llama_model_quantize) writes them from an f32 GGUF of ours,
+# with its own per-tensor mix (and its fallbacks where a row is not a multiple of 256)
+LLAMA_QUANTIZED = ("q6_k", "q5_k_m", "q4_k_m", "q4_k_s", "q3_k_m", "iq4_nl")
+GGUF_TYPES = (*TYPE_NAMES, *LLAMA_QUANTIZED)
 
 
 def hf_tensors(model: torch.nn.Module, materialize: bool = True) -> dict[str, torch.Tensor]:
@@ -269,12 +274,47 @@ def export_gguf(
 ) -> dict:
     """Write `loaded` as a llama.cpp GGUF of `weight_type`, verify it, then move it into place."""
     say = progress or (lambda _msg: None)
+    if weight_type not in GGUF_TYPES:
+        raise TensoredgeError(f"unknown GGUF type '{weight_type}': choose one of {', '.join(GGUF_TYPES)}")
     with atomic_path(path, kind="gguf") as tmp:
-        writer = new_writer(tmp, loaded, weight_type)
-        kept_f32 = add_model_tensors(writer, loaded, weight_types()[weight_type][0])
-        say(f"writing GGUF ({weight_type})")
-        finish_writer(writer)
+        if weight_type in LLAMA_QUANTIZED:
+            f32 = Path(tmp).with_name(Path(tmp).name + ".f32")  # in the same temporary folder: removed on failure
+            writer = new_writer(f32, loaded, "f32")
+            kept_f32 = add_model_tensors(writer, loaded, weight_types()["f32"][0])
+            say("writing GGUF (f32, for llama.cpp's quantizer)")
+            finish_writer(writer)
+            say(f"quantizing to {weight_type.upper()} with llama.cpp")
+            llama_quantize(f32, tmp, weight_type)
+            f32.unlink()  # only the quantized file is kept
+        else:
+            writer = new_writer(tmp, loaded, weight_type)
+            kept_f32 = add_model_tensors(writer, loaded, weight_types()[weight_type][0])
+            say(f"writing GGUF ({weight_type})")
+            finish_writer(writer)
         say("checking llama.cpp against PyTorch")
         check = verify_gguf(tmp, loaded, weight_type)
     return {"path": str(path), "file_bytes": Path(path).stat().st_size, "weight_type": weight_type,
             "tensors_kept_f32": kept_f32, **check}
+
+
+def llama_quantize(source: Path, target: Path, weight_type: str) -> None:
+    """llama.cpp's quantizer (through llama-cpp-python): `source` f32 GGUF -> `target` of `weight_type`."""
+    import ctypes
+    import os
+
+    import llama_cpp
+
+    params = llama_cpp.llama_model_quantize_default_params()
+    params.ftype = getattr(llama_cpp, f"LLAMA_FTYPE_MOSTLY_{weight_type.upper()}")
+    params.nthread = torch.get_num_threads()
+    saved = os.dup(2)  # llama.cpp reports every tensor on stderr
+    try:
+        with open(os.devnull, "w") as null:
+            os.dup2(null.fileno(), 2)
+            status = llama_cpp.llama_model_quantize(str(source).encode(), str(target).encode(), ctypes.byref(params))
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+    if status != 0:
+        raise TensoredgeError(f"llama.cpp could not quantize to {weight_type.upper()} (status {status}): "
+                              "try q4_0, q4_1, q5_1 or q8_0, which tensoredge writes itself")

@@ -260,7 +260,7 @@ def test_sweep_embedding_writes_table_json_and_plot(tmp_path):
     result = json.loads(stem.with_suffix(".json").read_text())
     assert result["tokens"] == 64 and result["command"].startswith("tensoredge sweep embedding")
     variants = {row["variant"]: row for row in result["rows"]}
-    assert set(variants) == {"tt", "tt tiers by freq", "tt tiers by norm", "ttm", "svd-table"}
+    assert set(variants) == {"tt", "tt tiers by freq", "tt tiers by norm", "ttm", "svd-table", "svd tiers by freq"}
     for row in variants.values():
         assert row["perplexity"] > 1 and row["kl"] > 0 and row["ratio"] > 2.5
     assert abs(variants["ttm"]["ratio"] - 3) < 0.15

@@ -85,3 +85,17 @@ def test_failed_verification_writes_nothing(tiny_gpt2, tmp_path, monkeypatch):
 def test_unknown_type_is_a_one_line_error(tiny_gpt2, tmp_path):
     with pytest.raises(TensoredgeError, match="unknown GGUF type"):
         export_gguf(tiny_gpt2, tmp_path / "m.gguf", "q3_zz")
+
+
+@pytest.mark.parametrize("kind", ["q4_k_m", "iq4_nl"])
+def test_llama_cpp_quantizer_types(tiny_llama, tmp_path, kind):
+    """k-quants and IQ4_NL come from llama.cpp's own quantizer: smaller than f32, checked against
+    PyTorch like every other type, and the intermediate f32 file is not left behind."""
+    import gguf
+
+    result = export_gguf(tiny_llama, tmp_path / f"{kind}.gguf", kind)
+    assert result["top1_agreement"] >= 0.25 and sorted(p.name for p in tmp_path.iterdir()) == [f"{kind}.gguf"]
+    types = {t.tensor_type.name for t in gguf.GGUFReader(str(tmp_path / f"{kind}.gguf")).tensors}
+    assert types - {"F32"}, types  # quantized tensors, of llama.cpp's choosing
+    f32 = export_gguf(tiny_llama, tmp_path / "f32" / "m.gguf", "f32")
+    assert result["file_bytes"] < f32["file_bytes"] / 2  # rows of 64 are not k-quant blocks: llama.cpp falls back

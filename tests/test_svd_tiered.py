@@ -49,6 +49,20 @@ def test_shared_head_contracts_through_the_tiers(tiered):
     assert cost["policy"] == "shared (contract)" and 0.45 <= cost["bytes_read"] / dense_read <= 0.55
 
 
+def test_counts_come_from_every_calibration_text_in_equal_shares(tiny_llama):
+    from toolkit.compress.context import valid_ids
+    from toolkit.data import text_ids
+
+    vocab = tiny_llama.model.config.vocab_size
+    valid = torch.bincount(valid_ids(tiny_llama.tokenizer), minlength=vocab).double()
+    books = torch.bincount(torch.tensor(text_ids(tiny_llama.tokenizer, "books")), minlength=vocab).double()
+    one = token_counts(Context(tiny_llama.model, "llama", tiny_llama.tokenizer), vocab)
+    torch.testing.assert_close(one, valid)  # one text: its plain counts
+    both = token_counts(Context(tiny_llama.model, "llama", tiny_llama.tokenizer, calibration=("valid", "books")), vocab)
+    mean = (valid.sum() + books.sum()) / 2
+    torch.testing.assert_close(both, valid * mean / valid.sum() + books * mean / books.sum())
+
+
 def test_weighted_factors_minimise_the_weighted_error():
     torch.manual_seed(0)
     rows, weight = torch.randn(200, 24, dtype=torch.float64), torch.rand(200, dtype=torch.float64) * 10 + 1

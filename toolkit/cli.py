@@ -180,7 +180,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="output: a directory for onnx (model.onnx, config, tokenizer), "
                                                 "a .gguf file for gguf and container")
     add_force(p)
-    p.add_argument("--type", default="f32", help=f"GGUF weight type: {', '.join(TYPE_NAMES)} (default: %(default)s)")
+    p.add_argument("--type", default="f32", help=f"GGUF weight type: {', '.join(TYPE_NAMES)}, or with llama.cpp's own "
+                   "quantizer q6_k, q5_k_m, q4_k_m, q4_k_s, q3_k_m, iq4_nl (export gguf only; default: %(default)s)")
     p.add_argument("--precision", nargs="+", default=["fp32"], choices=["fp32", "fp16", "int8", "int4"],
                    help="ONNX: one model file per precision, each checked against PyTorch; int8/int4 are "
                         "block-quantized weights (MatMulNBits); genai_config.json points at the first (default: fp32)")

@@ -1,6 +1,6 @@
 """Frequency-tiered low-rank table (`svd-tiered`): the tokens a text uses most keep their exact rows;
 the rest fall in tiers by frequency, each a truncated SVD of its own rows, weighted by how often
-each token occurs (calibration text counts, plus one) and given ranks by the same measure.
+each token occurs (counts in the calibration texts, `--calibration`, plus one) and given ranks by the same measure.
 
 A tied head contracts through the tiers: logits = [h E_0^T, (h R_t^T) L_t^T, ...] gathered back
 into token order, so it reads the table's stored values (`ratio` times fewer than dense) per token
@@ -97,7 +97,7 @@ def choose_ranks(energies: list[torch.Tensor], counts: list[int], dim: int, budg
 class TieredTableSVD:
     """`svd-tiered:ratio=R[,exact=K][,tiers=T]`: the K most frequent tokens exact, the others in T
     frequency tiers (geometric in size) of weighted truncated SVDs; the table (and a shared head's
-    read per token) R times smaller. Counts come from WikiText-2 valid (never test)."""
+    read per token) R times smaller. Counts come from the calibration texts (never a held-out one)."""
 
     name = "svd-tiered"
     params = ("ratio", "exact", "tiers")

@@ -8,7 +8,7 @@ for and contracts them, so the dense table never exists at inference.
 
 Ranks: a cap (`rank=`), a relative error per row (`eps=`), or solved from a ratio (`ratio=`).
 With `tiers=2` rows get one of two rank settings, which meets a ratio within a few percent and lets
-frequent tokens (WikiText-2 valid counts, `by=freq`) or large-norm rows (`by=norm`) get more rank.
+frequent tokens (calibration text counts, `by=freq`) or large-norm rows (`by=norm`) get more rank.
 """
 
 from __future__ import annotations
@@ -273,15 +273,21 @@ class TieredTTEmbedding(Factorized):
 
 
 def token_counts(ctx: Context, vocab: int) -> torch.Tensor:
-    """How often each token occurs in WikiText-2 valid (calibration text, never test)."""
+    """How often each token occurs in the calibration texts (WikiText-2 valid by default; never a
+    held-out text), each whole text given equal weight: counts scaled to the texts' mean length, so
+    that one text gives its plain counts."""
     if "token_counts" not in ctx.cache:
         if ctx.tokenizer is None:
             raise TensoredgeError("by=freq needs calibration text, so a tokenizer: load the model with "
                                   "toolkit's load_model, or use by=norm")
-        from toolkit.data import wikitext2_ids
+        from toolkit.compress.context import valid_ids
+        from toolkit.data import text_ids
 
-        ids = torch.tensor(wikitext2_ids(ctx.tokenizer, "valid"), dtype=torch.long)
-        ctx.cache["token_counts"] = torch.bincount(ids, minlength=vocab)[:vocab]
+        texts = [valid_ids(ctx.tokenizer) if name == "valid" else torch.tensor(text_ids(ctx.tokenizer, name))
+                 for name in ctx.calibration]
+        mean = sum(len(t) for t in texts) / len(texts)
+        ctx.cache["token_counts"] = sum(torch.bincount(t, minlength=vocab)[:vocab].double() * (mean / len(t))
+                                        for t in texts)
     return ctx.cache["token_counts"]
 
 

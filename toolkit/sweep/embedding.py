@@ -1,6 +1,7 @@
 """`tensoredge sweep embedding`: compression ratio vs perplexity and KL for each embedding variant
 (per-token TT as in TensorGPT, TT with frequency- or norm-ranked tiers, TT-matrix with shared cores,
-truncated SVD of the table), then the tied-head policies side by side at a few ratios."""
+truncated SVD of the table, and frequency tiers of truncated SVDs with the most frequent rows exact),
+then the tied-head policies side by side at a few ratios."""
 
 from __future__ import annotations
 
@@ -23,8 +24,9 @@ VARIANTS = {  # label -> spec at a ratio (without head=)
     "tt tiers by norm": "tt:ratio={r},tiers=2,by=norm{order}",
     "ttm": "ttm:ratio={r}",
     "svd-table": "svd-table:ratio={r}",
+    "svd tiers by freq": "svd-tiered:ratio={r}",
 }
-HEAD_VARIANTS = ("tt", "tt tiers by freq", "ttm", "svd-table")
+HEAD_VARIANTS = ("tt", "tt tiers by freq", "ttm", "svd-table", "svd tiers by freq")
 PAPER = [  # published figures, GPT-2 pretrained: not reproduced here
     ["TensorGPT (v1), per-token TT", "GPT-2", "38.40x", "largest embedding compression reported"],
     ["TensorGPT (v1), per-token TT", "GPT-2", "3.31x", "reported better than the original model"],
@@ -77,6 +79,8 @@ def shape_of(record: dict) -> str:
         return f"({'x'.join(map(str, record['vocab_shape']))})x({'x'.join(map(str, record['dim_shape']))}) r={record['ranks']}"
     if record.get("method") == "svd-table":
         return f"r={record['rank']}"
+    if record.get("method") == "svd-tiered":
+        return f"{record['exact']} rows exact, " + ", ".join(f"{t['count']} r={t['rank']}" for t in record["tiers"])
     return "-"
 
 
