@@ -186,7 +186,7 @@ def test_embedding_sweep_through_ray_equals_in_process(cluster, tmp_path):
     for name, extra in (("local", []), ("ray", ["--ray", address])):
         assert main([*args, "--out", str(tmp_path / name), *extra]) == 0
         results[name] = {row["variant"]: row for row in json.loads((tmp_path / name / "embedding-sweep.json").read_text())["rows"]}
-    assert set(results["ray"]) == set(results["local"]) and len(results["ray"]) == 5
+    assert set(results["ray"]) == set(results["local"]) and len(results["ray"]) == 6
     for variant, row in results["local"].items():
         for column in ("perplexity", "kl", "top1_agreement", "ratio"):
             assert results["ray"][variant][column] == pytest.approx(row[column], rel=1e-5), (variant, column)
