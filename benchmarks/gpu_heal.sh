@@ -15,7 +15,8 @@
 #            QUANT_EVAL (default int4, MatMulNBits blocks of 32: post-training quantization, or what
 #            `heal --quant` trained for)
 #   export   each run named in EXPORTS written by `tensoredge export onnx $EXPORT_ARGS` (default
-#            --precision int4) to $WORK/onnx-<run>; benchmarks/gpu_ship.sh returns it in parts
+#            --precision int4; EXPORT_ARGS_plan0_heal2=... for run plan0-heal2 alone) to $WORK/onnx-<run>;
+#            benchmarks/gpu_ship.sh returns it in parts
 #
 # Results: $OUT/heal-results.tar.gz (logs, heal.json, eval JSON, samples.json, manifests; no weights)
 # and $OUT/summary.txt. The healed models stay in $WORK/plan<i>-heal<j>/model for later steps
@@ -201,8 +202,9 @@ fi
 if has export; then  # the healed file as it ships; benchmarks/gpu_ship.sh brings it back in parts
     for name in $EXPORTS; do
         [ -f "$WORK/onnx-$name/export.json" ] && continue
+        own="EXPORT_ARGS_${name//-/_}"
         # shellcheck disable=SC2086 # options are several arguments
-        $PY -m toolkit.cli export onnx --model "$WORK/$name/model" $EXPORT_ARGS --out "$WORK/onnx-$name" \
+        $PY -m toolkit.cli export onnx --model "$WORK/$name/model" ${!own:-$EXPORT_ARGS} --out "$WORK/onnx-$name" \
             --json "$LOGS/export-$name.json" > "$LOGS/export-$name.log" 2>&1 || status=1
     done
 fi

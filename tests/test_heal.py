@@ -234,11 +234,29 @@ def test_learning_rate_warms_up_then_decays_to_a_tenth():
 
 
 def test_held_out_and_training_texts_are_apart():
-    assert EVAL_TEXTS == ("wikitext2", "alice") and set(TRAIN_TEXTS) == {"valid", "books"}
+    assert EVAL_TEXTS == ("wikitext2", "alice") and set(TRAIN_TEXTS) == {"valid", "books", "moby"}
     assert "Alice was beginning to get very tired" in text("alice") and "\r" not in text("alice")
     books = text("books")
     assert "ROSALIND" in books and "Paradise" in books and "WORKSHOP ON ELECTRONIC TEXTS" in books
     assert all(t.licence for t in TEXTS.values())
+    moby = text("moby")
+    assert moby.startswith("ETYMOLOGY.") and "Call me Ishmael." in moby and moby.rstrip().endswith("another orphan.")
+    assert "Alice" not in moby and "Wonderland" not in moby  # nothing of the held-out text
+
+
+def test_the_shipped_texts_are_the_recorded_files():
+    """Every shipped text file is byte for byte the one whose SHA-256 toolkit/data/README.md records."""
+    import hashlib
+    from importlib import resources
+
+    folder = resources.files("toolkit") / "data"
+    readme = (folder / "README.md").read_text("utf-8")
+    recorded = dict(reversed(line.split()) for line in readme.splitlines() if len(line.split()) == 2
+                    and len(line.split()[0]) == 64)
+    files = {f for t in TEXTS.values() for f in t.files if not f.startswith("wikitext-2/")}
+    assert files <= set(recorded)
+    for name in files:
+        assert hashlib.sha256((folder / name).read_bytes()).hexdigest() == recorded[name], name
 
 
 def test_data_specs_are_checked_before_any_work():

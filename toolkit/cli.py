@@ -77,7 +77,8 @@ def add_budget(p: argparse.ArgumentParser) -> None:
                         "the embedding and the head by measured sensitivity (needs --alloc sensitivity)")
     p.add_argument("--calibration", default="valid",
                    help="text the calibrated methods (asvd, svd-llm, feature, sensitivity) read: valid "
-                        "(WikiText-2 valid), books (public-domain books) or valid,books in equal shares "
+                        "(WikiText-2 valid), books (public-domain books), moby (Moby-Dick) or several, e.g. valid,books, in equal "
+                        "shares "
                         "(default: %(default)s)")
     p.add_argument("--sensitivity-profile", metavar="FILE",
                    help="sensitivity allocation: read the measured profile from FILE if it exists (refused if it "
@@ -218,7 +219,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "(OUT/adapter) (default: %(default)s)")
     p.add_argument("--data", default="valid", metavar="SPEC",
                    help="distillation text: sources with weights, e.g. valid:0.5,generated=DIR:0.5,books:0.2 "
-                        "(valid: WikiText-2 valid; books: public-domain books; generated=DIR: `heal-data generate` "
+                        "(valid: WikiText-2 valid; books: public-domain books; moby: Moby-Dick; generated=DIR: `heal-data generate` "
                         "output) (default: %(default)s)")
     p.add_argument("--steps", type=int, default=200)
     p.add_argument("--batch", type=int, default=4)
@@ -259,8 +260,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--prompt-length", type=int, default=32,
                    help="prompt tokens each sample starts from (default: %(default)s)")
     p.add_argument("--prompts", default="valid",
-                   help="texts the prompts are drawn from: valid (WikiText-2 valid), books (public-domain books) "
-                        "or valid,books (default: %(default)s)")
+                   help="texts the prompts are drawn from: valid (WikiText-2 valid), books (public-domain books), "
+                        "moby (Moby-Dick), or several, e.g. valid,books (default: %(default)s)")
     p.add_argument("--temperature", type=float, default=1.0, help="0: greedy (default: %(default)s)")
     p.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling threshold (default: %(default)s)")
     p.add_argument("--batch", type=int, default=64, help="samples generated together (default: %(default)s)")

