@@ -148,10 +148,26 @@ def session_files(folder: Path, pattern: str) -> list[Path]:
     return sorted([*folder.glob(pattern), *folder.glob(f"logs/{pattern}")])
 
 
+def shipped_quant(heal: str) -> str:
+    """The eval-file suffix of the format a run was healed for: `-int4` (default), `-int4-b64`, `-int8-b128`..."""
+    words = heal.replace("`", " ").split()
+    value = lambda flag, default: words[words.index(flag) + 1] if flag in words[:-1] else default  # noqa: E731
+    block = value("--quant-block", "32")
+    return f"-{value('--quant', 'int4')}" + (f"-b{block}" if block != "32" else "")
+
+
+def format_name(suffix: str) -> str:
+    """`b64` -> "int4 at blocks of 64", `int8-b128` -> "int8 at blocks of 128" (the eval files' suffixes)."""
+    parts = suffix.split("-")
+    bits = next((p for p in parts if p.startswith("int")), "int4")
+    block = next((p[1:] for p in parts if p.startswith("b") and p[1:].isdigit()), "32")
+    return f"{bits} at blocks of {block}"
+
+
 def gpu_rows(sessions: list[tuple[str, Path]], plans: dict[str, str]) -> list[dict]:
-    """The healing sessions' full-text figures (eval-*.json): float, and int4 simulated as the run's file
-    stores it (blocks of 64 where it was healed for them, else 32). The dense model's int4 at blocks of 64,
-    where scored, is the run `dense-b64`."""
+    """The healing sessions' full-text figures (eval-*.json): float, and quantized as the run's file stores it
+    (the `--quant` and `--quant-block` it was healed for; int4 at blocks of 32 if none). The dense model at
+    another format, where scored, is a run of its own: `dense-b64` (int4, blocks of 64), `dense-int8-b128`."""
     rows = []
     for prefix, folder in sessions:
         for path in session_files(folder, "eval-*.json"):
@@ -161,9 +177,9 @@ def gpu_rows(sessions: list[tuple[str, Path]], plans: dict[str, str]) -> list[di
                 if f"-{text}" not in name:
                     continue
                 run, rest = name.split(f"-{text}")
-                shipped = "-int4-b64" if "--quant-block 64" in plans.get(prefix + run, "") else "-int4"
-                if run == "dense" and rest == "-int4-b64":
-                    run, rest = "dense-b64", shipped
+                shipped = shipped_quant(plans.get(prefix + run, ""))
+                if run == "dense" and rest not in ("", "-int4"):  # the dense model at another format
+                    run, rest = "dense" + rest.replace("-int4", ""), shipped
                 elif rest not in ("", shipped):
                     continue
                 if run == "dense" and prefix and any(r["run"] == "dense" and r["text"] == text for r in rows):
@@ -281,13 +297,13 @@ def main() -> None:
     plans = heal_plans(sessions)
     gpu = gpu_rows(sessions, plans)
     size_by_label = {r["label"]: r["size_mb"] for r in rows}
-    size_of = {"dense": size_by_label.get("ours dense int4"), "dense-b64": None} | {
+    size_of = {"dense": size_by_label.get("ours dense int4")} | {
         run: size_by_label.get(label) for run, _, label in (item.partition("=") for item in args.heal_file)}
     gpu_table = []
     for run in ["dense", *sorted({g["run"] for g in gpu} - {"dense"}, key=lambda r: (":" in r, r))]:
         cells = {(g["text"], g["int4"]): g for g in gpu if g["run"] == run}
-        size = size_of[run] if run in size_of else size_of.get(run.split("-")[0])
-        what = plans.get(run, "dense model, int4 at blocks of 64" if run == "dense-b64" else "dense model")
+        size = size_of.get(run) if run in size_of or run.startswith("dense-") else size_of.get(run.split("-")[0])
+        what = plans.get(run, "dense model" + (f", {format_name(run[len('dense-'):])} (plain)" if run != "dense" else ""))
         gpu_table.append([run, what, f"{size:.1f}" if size else "-"] + [
             f"{cells[(t, q)]['perplexity']:.3f} ({cells[(t, q)]['perplexity'] / cells[(t, q)]['reference'] - 1:+.1%})"
             if (t, q) in cells else "-" for t in ("wikitext2", "alice") for q in (False, True)])
@@ -525,12 +541,13 @@ PyTorch with the weights int4-simulated as MatMulNBits stores them (activations 
 
 ## 2. Healed, on the full texts (NVIDIA H200, PyTorch)
 
-All 312,144 WikiText-2 test tokens and all 39,357 Alice tokens (windows 1024 every 512); `int4`:
-weights simulated bit-exactly as the int4 file stores them (blocks of 64 for a run healed for them, else 32;
+All 312,144 WikiText-2 test tokens and all 39,357 Alice tokens (windows 1024 every 512); `quantized`:
+weights simulated bit-exactly as the run's file stores them (the format it was healed for: int4 at blocks of
+64 for a run healed for them, else int4 at blocks of 32;
 {"; ".join(f"`{path.relative_to(REPO) if path.is_relative_to(REPO) else path}`" + (f" (its runs: `{tag}run`)" if tag else "")
-           for tag, path in heal_sessions(args.heal))}; docs/healing.md). Size: the int4 file of the same plan in table 1 (healing changes values, not shapes).
+           for tag, path in heal_sessions(args.heal))}; docs/healing.md). Size: the file of the same plan and format in table 1 (healing changes values, not shapes).
 
-{md(["run", "what", "int4 MB", "WikiText-2 float", "WikiText-2 int4", "Alice float", "Alice int4"], gpu_table)}
+{md(["run", "what", "file MB", "WikiText-2 float", "WikiText-2 quantized", "Alice float", "Alice quantized"], gpu_table)}
 """ + energy_section(args.gpu_reference)
 
 
