@@ -231,7 +231,8 @@ def main() -> None:
                    default=[REPO / "benchmarks/results/runtime/smollm2-135m/runtime_bench.json",
                             REPO / "benchmarks/results/runtime-kquants/smollm2-135m/runtime_bench.json",
                             REPO / "benchmarks/results/runtime-alice/smollm2-135m/runtime_bench.json",
-                            REPO / "benchmarks/results/runtime-alice-2/smollm2-135m/runtime_bench.json"],
+                            REPO / "benchmarks/results/runtime-alice-2/smollm2-135m/runtime_bench.json",
+                            REPO / "benchmarks/results/runtime-int8/smollm2-135m/runtime_bench.json"],
                    help="runtime_bench.json files: the first one's rows, plus rows only the others have "
                         "(e.g. benchmarks/results/runtime-healed*/...: then marked as timed in another run)")
     p.add_argument("--heal", nargs="+", default=HEAL_SESSIONS, metavar="[TAG=]PATH",
@@ -495,7 +496,9 @@ quantizer, `tensoredge export gguf --type q4_k_m|iq4_nl`) were added later and t
 beside Q4_0, Q4_1 and svd-llm-fc5s-qat (`python benchmarks/runtime_bench.py --onnx svd-llm-fc5s-qat DIR
 --rows ... --out benchmarks/results/runtime-kquants`, the second default `--bench`); the seventh session's
 two files were timed beside the 4-bit files in two more runs, back to back on a slower day
-(`--out benchmarks/results/runtime-alice` and `runtime-alice-2`, the third and fourth). Written
+(`--out benchmarks/results/runtime-alice` and `runtime-alice-2`, the third and fourth); our dense int8 at
+blocks of 64 (`tensoredge export onnx --precision int8 --block-size 64`, 8.5 bits a weight against 9 at
+blocks of 32) beside Q8_0 and our int8 at blocks of 32 in a fifth (`runtime-int8`). Written
 {datetime.now(timezone.utc):%Y-%m-%d}.
 
 ## Is a compressed file ahead of plain quantization?

@@ -57,13 +57,16 @@
 #     a call (64 MiB). The whole session took 1,361 s of device time.
 #
 # SESSION=int8 (planned for the next session, issue 17's 8-bit class; not run yet): can a compressed file beat
-# the 8-bit ones (Q8_0 144.8 MB, 17.49 / 17.23; our dense int8 151.6 MB, 17.51 / 17.23)? Int8 at blocks of
-# 128 (8.25 bits a weight, fp32 scales) puts 3% or 5% of FC removed at about 136 / 134 MB; healed for
-# that int8, each must land within about +0.5% of dense. Side by side:
-#     plan0:heal0  3% of FC (svd-llm sensitivity ranks), heal0's text of SESSION=alice   int8, blocks of 128
-#     plan1:heal0  5% of FC, the same                                                    int8, blocks of 128
-#   then the full-text evaluation (int8 at blocks of 128, simulated) and both int8 exports (--block-size 128;
-#   about 135 MB each: three calls of 4 pieces each to bring one back). Same calls as SESSION=alice.
+# the 8-bit ones (Q8_0 144.8 MB, 17.49 / 17.23; our dense int8 151.6 MB at blocks of 32, 143.1 MB at blocks
+# of 64)? Int8 at blocks of 64 (8.5 bits a weight, fp32 scales) puts 3% or 5% of FC removed at about 140 /
+# 138 MB; healed for that int8, each must land within about +0.5% of dense. (Blocks of 128 would be smaller,
+# but the dense model's int8 export at blocks of 128 fails the exporter's parity gate at accuracy level 4:
+# cached against full decoding 0.058, limit 0.05.) Side by side:
+#     plan0:heal0  3% of FC (svd-llm sensitivity ranks), heal0's text of SESSION=alice   int8, blocks of 64
+#     plan1:heal0  5% of FC, the same                                                    int8, blocks of 64
+#   then the full-text evaluation (int8 at blocks of 64, simulated) and both int8 exports (--block-size 64;
+#   about 140 MB each: three calls of 4 pieces each to bring one back). Same calls as SESSION=alice. A dry
+#   run of these stages on tiny-gpt2 (DEVICE=cpu, blocks of 128) passed.
 set -euo pipefail
 : "${OUT:?set OUT to the folder that comes back}"
 SESSION=${SESSION:-ship}
@@ -102,9 +105,9 @@ driver() {  # everything, in the background of the calls; resumable
     if [ "$SESSION" = int8 ]; then
         export PLANS="--fc svd-llm --remove 0.03 --alloc sensitivity --calibration valid,books|\
 --fc svd-llm --remove 0.05 --alloc sensitivity --calibration valid,books"
-        export HEALS="--data valid:0.15,books:0.15,moby:0.3,generated=@gen0:0.4 --quant int8 --quant-block 128"
-        export RUNS="0:0 1:0" GEN_PROMPTS=valid,books,moby QUANT_EVAL=int8-b128
-        export EXPORTS="plan0-heal0 plan1-heal0" EXPORT_ARGS="--precision int8 --block-size 128"
+        export HEALS="--data valid:0.15,books:0.15,moby:0.3,generated=@gen0:0.4 --quant int8 --quant-block 64"
+        export RUNS="0:0 1:0" GEN_PROMPTS=valid,books,moby QUANT_EVAL=int8-b64
+        export EXPORTS="plan0-heal0 plan1-heal0" EXPORT_ARGS="--precision int8 --block-size 64"
     fi
     local parts=(heal02 heal03)
     [ "$SESSION" = ship ] || parts=()
