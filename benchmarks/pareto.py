@@ -45,9 +45,13 @@ SIMULATED = {"PyTorch dense, int4 simulated": "dense", "PyTorch svd-llm-fc20, in
 HEAL_FILES = ["plan2-heal1=ours svd-llm-fc10s-qat int4", "plan4-heal1=ours svd-llm-fc5s-qat int4",
               "plan3-heal1=ours dense int4", "alice:plan0-heal0=ours svd-llm-fc5s-qat-moby int4",
               "alice:plan0-heal2=ours svd-llm-fc5s-qat-b64 int4",
-              "alice:plan0=ours svd-llm-fc5s-qat int4"]  # --heal's runs (or plans: same shapes) and their files
+              "alice:plan0=ours svd-llm-fc5s-qat int4", "int8:plan0-heal0=ours svd-llm-fc3s-qat8 int8",
+              "int8:plan0-heal1=ours svd-llm-fc3s-qat8 int8", "int8:plan0-heal2=ours svd-llm-fc3s-qat8 int8",
+              "int8:plan0=ours svd-llm-fc3s-qat8 int8", "dense-int8-b64=ours dense-b64 int8"]  # --heal's runs (or plans: same shapes) and their files
 HEAL_SESSIONS = [str(REPO / "benchmarks/results/ship-2026-12-02-h200/heal"),
-                 "alice=" + str(REPO / "benchmarks/results/alice-2026-12-02-h200")]
+                 "alice=" + str(REPO / "benchmarks/results/alice-2026-12-02-h200"),
+                 "int8=" + str(REPO / "benchmarks/results/int8-2026-12-02-h200")]
+LEVEL = 0.001  # "which file to ship" names files within 0.1% of the best one's perplexity as level with it
 COMPRESSED = ("svd-llm",)  # labels of compressed rows; everything else is plain quantization of the dense model
 
 
@@ -177,7 +181,11 @@ def gpu_rows(sessions: list[tuple[str, Path]], plans: dict[str, str]) -> list[di
                 if f"-{text}" not in name:
                     continue
                 run, rest = name.split(f"-{text}")
-                shipped = shipped_quant(plans.get(prefix + run, ""))
+                healed_as = plans.get(prefix + run, "")
+                if "-heal" not in run and run != "dense":  # an unhealed plan: as its healed runs were healed for
+                    healed_as = next((v for k, v in plans.items() if k.startswith(f"{prefix}{run}-heal")), healed_as)
+                shipped = shipped_quant(healed_as)
+                fmt = rest.lstrip("-") or "float"
                 if run == "dense" and rest not in ("", "-int4"):  # the dense model at another format
                     run, rest = "dense" + rest.replace("-int4", ""), shipped
                 elif rest not in ("", shipped):
@@ -185,7 +193,7 @@ def gpu_rows(sessions: list[tuple[str, Path]], plans: dict[str, str]) -> list[di
                 if run == "dense" and prefix and any(r["run"] == "dense" and r["text"] == text for r in rows):
                     continue  # the same dense model, scored again by a later session
                 rows.append({"run": run if run.startswith("dense") else prefix + run, "text": text,
-                             "int4": bool(rest), "tokens": record["tokens"],
+                             "int4": bool(rest), "format": fmt, "tokens": record["tokens"],
                              "perplexity": record["scores"]["model"]["perplexity"],
                              "kl": record["scores"]["model"].get("kl"),
                              "reference": record["scores"]["reference"]["perplexity"]})
@@ -204,15 +212,27 @@ def plots(rows: list[dict], on_front: dict[str, set], machine: str, out: Path) -
             ("tok_s", "perplexity", "decode tok/s (higher is better)", "results-speed-vs-perplexity.png"),
             ("size_mb", "alice", "file size (MB)", "results-size-vs-alice.png")):
         front_of = on_front["alice" if quality == "alice" else key]
-        fig, ax = plt.subplots(figsize=(8, 5))
-        for row in (r for r in rows if r[quality] is not None):
+        fig, ax = plt.subplots(figsize=(9, 6))
+        shown = [r for r in rows if r[quality] is not None]
+        top = 1.35 * min(r[quality] for r in shown)  # files far worse are drawn at the top edge, value in the label
+        for row in shown:
             compressed = any(c in row["label"] for c in COMPRESSED)
             mark = row["label"] in front_of
-            ax.scatter(row[key], row[quality], marker="*" if compressed else "o", s=120 if mark else 40,
-                       color="tab:red" if compressed else "tab:blue", edgecolors="black" if mark else "none")
-            ax.annotate(row["label"].replace("llama.cpp dense ", "").replace("GenAI builder dense", "GenAI")
-                        .replace("ours ", ""), (row[key], row[quality]), fontsize=7,
-                        xytext=(4, 3), textcoords="offset points")
+            y = min(row[quality], top)
+            ax.scatter(row[key], y, marker="^" if y < row[quality] else "*" if compressed else "o",
+                       s=120 if mark else 40, color="tab:red" if compressed else "tab:blue",
+                       edgecolors="black" if mark else "none")
+            name = (row["label"].replace("llama.cpp dense ", "").replace("GenAI builder dense", "GenAI")
+                    .replace("ours ", ""))
+            ax.annotate(name + (f" ({row[quality]:.1f}, off scale)" if y < row[quality] else ""), (row[key], y),
+                        fontsize=6, xytext=(4, 3), textcoords="offset points", rotation=20)
+        ax.set_ylim(top=top * 1.01)
+        if key == "size_mb":
+            ax.set_xscale("log")
+            ticks = [t for t in (60, 80, 100, 125, 150, 200, 300, 400, 550)
+                     if min(r[key] for r in shown) * 0.9 <= t <= max(r[key] for r in shown) * 1.1]
+            ax.set_xticks(ticks, [str(t) for t in ticks])
+            ax.minorticks_off()
         ax.set_xlabel(xlabel)
         ax.set_ylabel(f"perplexity, first {rows[0]['tokens']:,} " + ("Alice" if quality == "alice" else "WikiText-2 test")
                       + " tokens")
@@ -232,7 +252,8 @@ def main() -> None:
                             REPO / "benchmarks/results/runtime-kquants/smollm2-135m/runtime_bench.json",
                             REPO / "benchmarks/results/runtime-alice/smollm2-135m/runtime_bench.json",
                             REPO / "benchmarks/results/runtime-alice-2/smollm2-135m/runtime_bench.json",
-                            REPO / "benchmarks/results/runtime-int8/smollm2-135m/runtime_bench.json"],
+                            REPO / "benchmarks/results/runtime-int8/smollm2-135m/runtime_bench.json",
+                            REPO / "benchmarks/results/runtime-int8-2/smollm2-135m/runtime_bench.json"],
                    help="runtime_bench.json files: the first one's rows, plus rows only the others have "
                         "(e.g. benchmarks/results/runtime-healed*/...: then marked as timed in another run)")
     p.add_argument("--heal", nargs="+", default=HEAL_SESSIONS, metavar="[TAG=]PATH",
@@ -255,6 +276,10 @@ def main() -> None:
     p.add_argument("--out", type=Path, default=REPO / "docs", help="where RESULTS.md and its plots go")
     p.add_argument("--results", type=Path, default=REPO / "benchmarks/results/pareto", help="scores.json, results.json")
     args = p.parse_args()
+    missing = [str(path) for path in args.bench if not path.is_file()]
+    if missing:
+        raise SystemExit(f"error: --bench: no such file: {', '.join(missing)}: run benchmarks/runtime_bench.py "
+                         "(--out) first, or leave that run out of --bench")
     bench = read_benches(args.bench)
     results = args.results
     results.mkdir(parents=True, exist_ok=True)
@@ -395,30 +420,36 @@ def both_texts_verdict(rows: list[dict]) -> list[str]:
 
 
 def simulated_verdict(gpu: list[dict], size_of: dict, plans: dict[str, str]) -> list[str]:
-    """Whether the best compressed healed int4 model beats the dense model's int4, per text (full texts,
-    simulated weights), and how it compares with the dense model healed the same way (a `dense` plan)."""
-    def find(run: str, text: str) -> dict | None:
-        return next((g for g in gpu if g["run"] == run and g["text"] == text and g["int4"]), None)
-
+    """Per bit width, whether the best compressed healed model beats the dense model's plain quantization at
+    that width, per text (full texts, simulated weights), and how it compares with the dense model healed the
+    same way (a `dense` plan). int4 is held against plain int4 at blocks of 32, int8 against plain int8 at
+    the best healed run's block size."""
     is_dense = lambda run: plans.get(run, "").startswith("`dense`")  # noqa: E731
+    bits_of = lambda g: g["format"].split("-")[0]  # noqa: E731
     lines = []
-    for text, name in (("wikitext2", "WikiText-2 test"), ("alice", "Alice")):
-        healed = [g for g in gpu if g["text"] == text and g["int4"] and "heal" in g["run"] and not is_dense(g["run"])]
-        dense = find("dense", text)
-        if not healed or not dense:
-            continue
-        best = min(healed, key=lambda g: g["perplexity"])
-        ahead = best["perplexity"] < dense["perplexity"]
-        size = (size_of[best["run"]] if best["run"] in size_of else size_of.get(best["run"].split("-")[0])) or 0
-        smaller = 0 < size < (size_of.get("dense") or 0)
-        line = (f"{name}, all {best['tokens']:,} tokens (H200, int4 simulated): the best compressed healed int4 "
-                f"model, {best['run']}, scores {best['perplexity']:.2f} against the dense model's plain int4 "
-                f"{dense['perplexity']:.2f}: " + ("**ahead, in a smaller file**" if ahead and smaller
-                                                   else "ahead, not smaller" if ahead else "behind"))
-        for reference in (g for g in gpu if g["text"] == text and g["int4"] and is_dense(g["run"])):
-            line += (f"; the dense model healed for int4 ({reference['run']}) scores {reference['perplexity']:.2f} ("
-                     + ("behind it" if best["perplexity"] < reference["perplexity"] else "ahead of it") + ")")
-        lines.append(line + ".")
+    for bits in ("int4", "int8"):
+        for text, name in (("wikitext2", "WikiText-2 test"), ("alice", "Alice")):
+            quantized = [g for g in gpu if g["text"] == text and g["int4"] and bits_of(g) == bits]
+            healed = [g for g in quantized if "heal" in g["run"] and not is_dense(g["run"])]
+            if not healed:
+                continue
+            best = min(healed, key=lambda g: g["perplexity"])
+            plain = "dense" if bits == "int4" else "dense-" + best["format"]
+            dense = next((g for g in gpu if g["run"] == plain and g["text"] == text and g["int4"]), None)
+            if dense is None:
+                continue
+            ahead = best["perplexity"] < dense["perplexity"]
+            size = (size_of[best["run"]] if best["run"] in size_of else size_of.get(best["run"].split("-")[0])) or 0
+            smaller = 0 < size < (size_of.get(plain) or 0)
+            line = (f"{name}, all {best['tokens']:,} tokens (H200, {format_name(best['format'])} simulated): the best "
+                    f"compressed model healed for {bits}, {best['run']}, scores {best['perplexity']:.3f} against the "
+                    f"dense model's plain {format_name(dense['format'] if bits == 'int8' else 'int4')} "
+                    f"{dense['perplexity']:.3f}: " + ("**ahead, in a smaller file**" if ahead and smaller
+                                                      else "ahead, not smaller" if ahead else "behind"))
+            for reference in (g for g in quantized if is_dense(g["run"])):
+                line += (f"; the dense model healed for {bits} ({reference['run']}) scores {reference['perplexity']:.3f} ("
+                         + ("behind it" if best["perplexity"] < reference["perplexity"] else "ahead of it") + ")")
+            lines.append(line + ".")
     return lines
 
 
@@ -434,8 +465,11 @@ def ship(rows: list[dict], dense: float | None, main_run: str) -> list[str]:
         if fits:
             best = min(fits, key=lambda r: r["perplexity"])
             on_alice = min((r for r in fits if r["alice"] is not None), key=lambda r: r["alice"], default=None)
-            out.append(f"Under {limit} MB: **{best['label']}** ({best['size_mb']:.1f} MB, perplexity {best['perplexity']:.2f}"
+            level = [r for r in fits if r is not best and r["perplexity"] <= best["perplexity"] * (1 + LEVEL)]
+            out.append(f"Under {limit} MB: **{best['label']}** ({best['size_mb']:.1f} MB, perplexity {best['perplexity']:.3f}"
                        + (f", Alice {best['alice']:.2f}" if best["alice"] else "") + f", {speed(best)})"
+                       + "".join(f"; level with {r['label']} ({r['size_mb']:.1f} MB, {r['perplexity']:.3f}, {speed(r)})"
+                                 for r in level)
                        + (f"; by Alice: **{on_alice['label']}** ({on_alice['size_mb']:.1f} MB, Alice {on_alice['alice']:.2f}, "
                           f"perplexity {on_alice['perplexity']:.2f})" if on_alice and on_alice is not best else "")
                        + (f"; not scored yet, so not compared: {', '.join(unscored)}" if unscored else "") + ".")
@@ -488,7 +522,9 @@ for int4 on 8.0M tokens), `svd-llm-fc10s-healed` from `benchmarks/run_gpu_goal_s
 healed for int4 to the end of a 600-second schedule, 4.2M and 4.5M tokens), `svd-llm-fc5s-qat-moby`
 and `svd-llm-fc5s-qat-b64` from `SESSION=alice benchmarks/run_gpu_ship_session.sh` (the same 5%-of-FC
 compression healed on text with Moby-Dick in it, 9.1M and 9.7M tokens, the second for int4 at blocks of
-64), each brought back as its int4 ONNX folder. This page: `python benchmarks/runtime_bench.py --onnx NAME DIR` (once per healed
+64), each brought back as its int4 ONNX folder; `svd-llm-fc3s-qat8` from `SESSION=int8-low
+benchmarks/run_gpu_ship_session.sh` (sensitivity ranks, 3% of FC, healed for int8 at blocks of 64 on 5.1M
+tokens at a peak learning rate of 3e-5), brought back as its int8 ONNX folder. This page: `python benchmarks/runtime_bench.py --onnx NAME DIR` (once per healed
 folder, so every row is timed in one run), `python benchmarks/pareto.py --merge [--text alice] --rows
 LABEL...` for the rows not scored yet (scores are kept in benchmarks/results/pareto/scores.json), then
 `python benchmarks/pareto.py --reuse`. The llama.cpp Q4_K_M and IQ4_NL rows (written by llama.cpp's own
@@ -498,7 +534,9 @@ beside Q4_0, Q4_1 and svd-llm-fc5s-qat (`python benchmarks/runtime_bench.py --on
 two files were timed beside the 4-bit files in two more runs, back to back on a slower day
 (`--out benchmarks/results/runtime-alice` and `runtime-alice-2`, the third and fourth); our dense int8 at
 blocks of 64 (`tensoredge export onnx --precision int8 --block-size 64`, 8.5 bits a weight against 9 at
-blocks of 32) beside Q8_0 and our int8 at blocks of 32 in a fifth (`runtime-int8`). Written
+blocks of 32) beside Q8_0 and our int8 at blocks of 32 in a fifth (`runtime-int8`), and the eighth
+session's int8 file beside those three in a sixth (`runtime-int8-2`; again in `runtime-int8-3`, on a faster
+moment of the same evening: 62.6 tok/s against Q8_0's 60.8, ranges overlapping). Written
 {datetime.now(timezone.utc):%Y-%m-%d}.
 
 ## Is a compressed file ahead of plain quantization?
@@ -545,8 +583,8 @@ PyTorch with the weights int4-simulated as MatMulNBits stores them (activations 
 ## 2. Healed, on the full texts (NVIDIA H200, PyTorch)
 
 All 312,144 WikiText-2 test tokens and all 39,357 Alice tokens (windows 1024 every 512); `quantized`:
-weights simulated bit-exactly as the run's file stores them (the format it was healed for: int4 at blocks of
-64 for a run healed for them, else int4 at blocks of 32;
+weights simulated bit-exactly as the run's file stores them (the format it was healed for: int8 or int4, at
+the block size it was healed for; int4 at blocks of 32 if it was not healed for one;
 {"; ".join(f"`{path.relative_to(REPO) if path.is_relative_to(REPO) else path}`" + (f" (its runs: `{tag}run`)" if tag else "")
            for tag, path in heal_sessions(args.heal))}; docs/healing.md). Size: the file of the same plan and format in table 1 (healing changes values, not shapes).
 
