@@ -214,6 +214,8 @@ def plots(rows: list[dict], on_front: dict[str, set], machine: str, out: Path) -
         front_of = on_front["alice" if quality == "alice" else key]
         fig, ax = plt.subplots(figsize=(9, 6))
         shown = [r for r in rows if r[quality] is not None]
+        if not shown:
+            continue
         top = 1.35 * min(r[quality] for r in shown)  # files far worse are drawn at the top edge, value in the label
         for row in shown:
             compressed = any(c in row["label"] for c in COMPRESSED)
@@ -284,6 +286,9 @@ def main() -> None:
     results = args.results
     results.mkdir(parents=True, exist_ok=True)
     every = read_scores(results / "scores.json")
+    if args.reuse and not every.get("wikitext2"):
+        raise SystemExit(f"error: --reuse: no scores in {results / 'scores.json'}: score the files first "
+                         "(leave out --reuse), or point --results at a folder that holds them")
     if not args.reuse:
         earlier = every.get(args.text, {}) if args.merge else {}
         if any(s["tokens"] != min(args.tokens, s["tokens"]) or s["context"] != args.context for s in earlier.values()):
