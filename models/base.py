@@ -6,6 +6,11 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 
+def max_positions(config: Any) -> int:
+    """The longest sequence a transformers config takes: GPT-2's n_positions, else max_position_embeddings."""
+    return getattr(config, "n_positions", None) or config.max_position_embeddings
+
+
 @dataclass
 class ModelSpec:
     """One registered model: where it comes from and the defaults the toolkit uses for it."""

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from device_bench.errors import first_line
-from models.base import LoadedModel, family_of, finish
+from models.base import LoadedModel, family_of, finish, max_positions
 from toolkit.errors import TensoredgeError
 
 
@@ -20,7 +20,7 @@ def load_hf(ref: str) -> LoadedModel:
     except (OSError, ValueError) as exc:
         raise TensoredgeError(f"could not load {where} '{ref}': {first_line(exc)}") from None
     family = family_of(model.config)
-    context = getattr(model.config, "n_positions", None) or model.config.max_position_embeddings
+    context = max_positions(model.config)
     return LoadedModel(
         name=ref,
         family=family,

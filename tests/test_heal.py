@@ -339,6 +339,12 @@ def test_heal_data_generate_cli(tmp_path, capsys):
     assert main([*args[:-1], str(tmp_path / "mine")]) == 2
     assert "tensoredge did not write it" in capsys.readouterr().err
     assert (tmp_path / "mine" / "notes.txt").read_text() == "keep me"
+    # prompt + continuation longer than the teacher's positions (tiny-gpt2: 256): one line, nothing written
+    too_long = ["--length", "480", "--prompt-length", "32"]
+    assert main([*args[:-1], str(tmp_path / "long"), *too_long]) == 2
+    err = capsys.readouterr().err
+    assert "512 tokens, more than tiny-gpt2 takes (256): lower --length" in err and "Traceback" not in err
+    assert not (tmp_path / "long").exists()
 
 
 def test_healed_model_saves_reloads_evaluates_and_exports_with_parity(_tiny_gpt2, tmp_path):

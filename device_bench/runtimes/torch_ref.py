@@ -26,6 +26,7 @@ class TorchRuntime:
             import torch
         except ImportError:
             raise BenchError("the PyTorch runtime needs torch: pip install torch (or bench a .onnx/.gguf)") from None
+        from models.base import max_positions
         from toolkit.checkpoint import open_model
         from toolkit.errors import TensoredgeError
 
@@ -38,7 +39,7 @@ class TorchRuntime:
             loaded = open_model(ref)
         except TensoredgeError as exc:
             raise BenchError(first_line(exc)) from None
-        context = getattr(loaded.model.config, "n_positions", None) or loaded.model.config.max_position_embeddings
+        context = max_positions(loaded.model.config)
         if max_tokens > context:
             raise BenchError(f"prompt + decode is {max_tokens} tokens, longer than the model's context of "
                              f"{context}: lower --prompt-tokens or --decode-tokens")

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn as nn
 
+from models.base import max_positions
 from toolkit.compress.context import Context
 
 SEQUENCE = 512  # tokens per calibration sequence
@@ -64,7 +65,7 @@ def capture_inputs(model: nn.Module, paths: list[str], ids: torch.Tensor,
     if shorter); stats of each path's input. The pass runs on `device` (the model goes back where
     it was); the stats are returned on the CPU."""
     config = model.config
-    length = min(SEQUENCE, getattr(config, "n_positions", None) or config.max_position_embeddings)
+    length = min(SEQUENCE, max_positions(config))
     stats: dict[str, InputStats] = {}
     alias: dict[str, str] = {}  # path -> path whose (identical) input it shares
     seen: list[tuple[torch.Tensor, str]] = []  # inputs of the current batch (kept alive: compared by identity)

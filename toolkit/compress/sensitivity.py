@@ -25,6 +25,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from models.base import max_positions
 from toolkit.compress.low_rank import Factorization
 from toolkit.compress.targets import BLOCKS, FINAL_NORM
 from toolkit.errors import TensoredgeError
@@ -79,7 +80,7 @@ class Probe:
         self.prefix = BLOCKS[family]
         self.blocks = model.get_submodule(self.prefix)
         self.norm = model.get_submodule(FINAL_NORM[family])
-        context = getattr(model.config, "n_positions", None) or model.config.max_position_embeddings
+        context = max_positions(model.config)
         length = min(config.sequence, context, len(ids))
         rows = ids[: len(ids) // length * length].reshape(-1, length)
         self.batches = list(rows.split(config.batch))

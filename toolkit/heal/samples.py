@@ -180,6 +180,7 @@ def generate_cache(teacher_ref: str, out_dir: str | Path, settings: SampleSettin
                    progress: Callable[[str], None] | None = None) -> dict:
     """Generate the teacher's samples (prompts from `settings.prompts`) and save them in `out_dir`,
     which must be new, empty, or an earlier samples folder (replaced); returns its samples.json."""
+    from models.base import max_positions
     from toolkit.checkpoint import open_model
     from toolkit.data import text_ids
 
@@ -192,6 +193,10 @@ def generate_cache(teacher_ref: str, out_dir: str | Path, settings: SampleSettin
             read_info(out)  # an earlier samples folder (replaced), or a one-line error
     say = progress or (lambda _msg: None)
     teacher = open_model(teacher_ref)
+    if settings.prompt_length + settings.length > max_positions(teacher.config):
+        raise TensoredgeError(f"--prompt-length {settings.prompt_length} + --length {settings.length} is "
+                              f"{settings.prompt_length + settings.length} tokens, more than {teacher.name} takes "
+                              f"({max_positions(teacher.config)}): lower --length")
     prompts_from = torch.tensor([i for name in settings.prompts for i in text_ids(teacher.tokenizer, name)],
                                 dtype=torch.long)
     say(f"sampling {settings.samples:,} continuations of {settings.length} tokens from {teacher.name} "
