@@ -81,7 +81,8 @@
 # .gguf-xz-3b (WORK_SECONDS=0 both), then .gguf-xz-3c with WORK_SECONDS=500, then WORK_SECONDS=250 (the
 # runs end, the evaluation and exports follow), then three calls of `benchmarks/gpu_ship.sh
 # /tmp/tensoredge-int8-low/heal/onnx-plan0-heal1 FIRST 4` for its 10 pieces: about 940 s of device time.
-# SESSION=int8-alice (planned for the next session; not run yet): can the int8 file close its Alice gap
+# SESSION=int8-alice (run on 2026-12-02, the ninth session: benchmarks/results/int8-alice-2026-12-02-h200):
+# can the int8 file close its Alice gap
 # (17.320 through ONNX Runtime against Q8_0's 17.230; healing left +0.7% over dense on Alice, plain int8
 # +0.2%)? The seventh session showed that the text mix moves quality between the two held-out texts, and
 # int8-low's three runs were 0.06-0.08 apart, so the same plan healed side by side (lr 3e-5, 420-second
@@ -93,6 +94,11 @@
 # (benchmarks/heal_pick.py --lowest: the run whose worse text is least behind the dense model's plain int8)
 # into $W/best.txt, and SHIP=best ships it: the ship calls need no reading in between. A dry run of its
 # stages and the pick on tiny-gpt2 (DEVICE=cpu, GEN_LENGTH=200: tiny-gpt2 takes 256 positions) passed.
+# Calls as SESSION=int8-low's, then `SHIP=best SHIP_FIRST=1 SHIP_COUNT=4 WORK_SECONDS=545` (the runs end;
+# the evaluation, exports and pick follow, and the first pieces come back in the same call). Its answer: no
+# mix closed the Alice gap (17.289-17.323 against plain int8's 17.221), and the picked file (plan0-heal0)
+# was lost with the machine before its second ship call: gpu_ship.sh now xz-compresses, so an int8 file is
+# 8 pieces (this call's 4 and one more call's 4), not 10 in three calls.
 set -euo pipefail
 : "${OUT:?set OUT to the folder that comes back}"
 SESSION=${SESSION:-ship}
@@ -242,7 +248,7 @@ done
 collect
 if [ "$SHIP" = best ]; then SHIP=$(cat "$W/best.txt" 2>/dev/null || echo none); echo "the file to bring back: $SHIP"; fi
 if [ -f "$W/heal/onnx-$SHIP/export.json" ]; then
-    OUT=$OUT benchmarks/gpu_ship.sh "$W/heal/onnx-$SHIP" "${SHIP_FIRST:-1}" "${SHIP_COUNT:-6}" || true
+    OUT=$OUT benchmarks/gpu_ship.sh "$W/heal/onnx-$SHIP" "${SHIP_FIRST:-1}" "${SHIP_COUNT:-4}" || true
 fi
 for log in "$W"/logs/*.log; do echo "== $log"; tail -n 3 "$log" | cut -c1-250; done
 for log in "$W"/heal/logs/heal-*.log; do [ -f "$log" ] && { echo "== $log"; tail -n 2 "$log" | cut -c1-250; }; done
