@@ -54,6 +54,7 @@ def main() -> None:
     context = args.context or reference.eval_context
     texts = {name: text_ids(reference.tokenizer, name) for name in EVAL_TEXTS}
     modes = [""] + [q for q in args.quant.split(",") if q]
+    progress = None if args.device.startswith("cuda") else say  # seconds on a GPU; tens of minutes on a CPU
     for entry in args.model:
         name, _, path = entry.partition("=")
         loaded = open_model(path)  # its own copy, even of the reference: fake quantization changes it
@@ -65,7 +66,7 @@ def main() -> None:
                 scope = quant_aware(loaded.model, bits, block, symmetric) if quant else nullcontext()
                 with scope:
                     scores = compare(reference.model, {"model": loaded.model}, windows, device=args.device,
-                                     batch=default_batch(args.device))
+                                     batch=default_batch(args.device), progress=progress)
                 scores["reference"]["name"] = reference.name
                 result = {"model": loaded.name, "runtime": "pytorch", "dataset": text, "device": args.device, **setup,
                           "fake_quant": {"bits": bits, "block": block, "symmetric": symmetric}

@@ -608,7 +608,7 @@ PyTorch with the weights int4-simulated as MatMulNBits stores them (activations 
 All 312,144 WikiText-2 test tokens and all 39,357 Alice tokens (windows 1024 every 512); `quantized`:
 weights simulated bit-exactly as the run's file stores them (the format it was healed for: int8 or int4, at
 the block size it was healed for; int4 at blocks of 32 if it was not healed for one;
-{"; ".join(f"`{path.relative_to(REPO) if path.is_relative_to(REPO) else path}`" + (f" (its runs: `{tag}run`)" if tag else "")
+{"; ".join(f"`{path.relative_to(REPO) if path.is_relative_to(REPO) else path}`" + (f" (its runs: `{tag}run`)" if tag and any(r[0].startswith(tag) for r in gpu_table) else "")
            for tag, path in heal_sessions(args.heal))}; docs/healing.md). Size: the file of the same plan and format in table 1 (healing changes values, not shapes).
 
 {md(["run", "what", "file MB", "WikiText-2 float", "WikiText-2 quantized", "Alice float", "Alice quantized"], gpu_table)}

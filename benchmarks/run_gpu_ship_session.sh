@@ -104,11 +104,13 @@
 # for a 600-second schedule beside three other runs (5.0M and 4.8M tokens): +13.0% and +24.7% on
 # WikiText-2 (goals +5% and +10%); four times the fourth session's training had moved them from +19.1%
 # and +37.6%. The same plans and text (valid .3, books .3, samples .4, lr 3e-4, batch 12 x 512) side by
-# side with the GPU to themselves, for a 900-second schedule (LONG_TRAIN_SECONDS), on 6.0M tokens of
-# samples (LONG_GEN_TOKENS) so that more training is not more repetition: about 3.5 times the tokens
-# each. Float only, no export (nothing to ship). Calls as SESSION=int8-alice's, all work calls
-# WORK_SECONDS=545: about 100 s of set-up, ~350 s before training, 900 s of training, ~60 s of
-# evaluation: about 1,450 of the 1,800 s. A dry run of its stages on tiny-gpt2 (DEVICE=cpu, 20k tokens of
+# side with the GPU to themselves (the fifth session's shared it with three more runs and two sweeps),
+# for an 800-second schedule (LONG_TRAIN_SECONDS), on 6.0M tokens of samples (LONG_GEN_TOKENS) so that
+# more training is not more repetition, recording the held-out curve as it goes (16,384 tokens of each
+# text every 150 steps, heal.json): about 3 times the tokens each (three runs side by side made
+# 14k tokens/s each in SESSION=int8-alice). Float only, no export (nothing to ship). Calls as
+# SESSION=int8-alice's, every work call WORK_SECONDS=545: about 100 s of set-up, ~350 s before training,
+# 800 s of training, ~60 s of evaluation: about 1,350 of the 1,800 s, leaving room for one mishap. A dry run of its stages on tiny-gpt2 (DEVICE=cpu, 20k tokens of
 # samples, 30-second schedules, 2,048 tokens of each text) passed.
 set -euo pipefail
 : "${OUT:?set OUT to the folder that comes back}"
@@ -176,7 +178,9 @@ driver() {  # everything, in the background of the calls; resumable
 --fc svd-llm --scope all --remove 0.3 --alloc sensitivity --calibration valid,books"
         export HEALS="--data valid:0.3,books:0.3,generated=@gen0:0.4"
         export RUNS="0:0 1:0" QUANT_EVAL= EVAL_UNHEALED=1 EXPORTS=
-        export TRAIN_SECONDS=${LONG_TRAIN_SECONDS:-900} GEN_TOKENS=${LONG_GEN_TOKENS:-6000000}
+        # the curve of held-out perplexity against tokens seen (16,384 tokens of each text, every 150 steps)
+        export HEAL_ARGS="--batch 12 --seq-len 512 --eval-every 150 --curve-tokens 16384 --checkpoint-every 100"
+        export TRAIN_SECONDS=${LONG_TRAIN_SECONDS:-800} GEN_TOKENS=${LONG_GEN_TOKENS:-6000000}
     fi
     local parts=(heal02 heal03)
     [ "$SESSION" = ship ] || parts=()
