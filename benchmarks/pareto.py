@@ -357,7 +357,11 @@ def main() -> None:
     (results / "results.txt").write_text(text + "\n")
     print(text)
     summary["verdict"] = verdict(rows, on_front) + both_texts_verdict(rows) + simulated_verdict(gpu, size_of, plans, SHIPPED)
-    summary["ship"] = ship(rows, scores.get("dense (PyTorch fp32)", {}).get("perplexity"), bench["timestamp"])
+    runs = {bench["timestamp"]: {label: row["decode_tokens_per_s"]["median"] for label, row in bench["rows"].items()
+                                 if row["run"] == bench["timestamp"]}}
+    for extra in bench["extra_runs"]:
+        runs[extra["timestamp"]] = {label: row["decode_tokens_per_s"]["median"] for label, row in extra["rows"].items()}
+    summary["ship"] = ship(rows, scores.get("dense (PyTorch fp32)", {}).get("perplexity"), bench["timestamp"], runs)
     write_json(summary, str(results / "results.json"))
     page = render(args, bench, rows, table, sims, gpu_table, names, machine, summary["ship"], summary["verdict"])
     (args.out / "RESULTS.md").write_text(page)
@@ -473,11 +477,20 @@ def simulated_verdict(gpu: list[dict], size_of: dict, plans: dict[str, str],
     return lines
 
 
-def ship(rows: list[dict], dense: float | None, main_run: str) -> list[str]:
+def ship(rows: list[dict], dense: float | None, main_run: str, runs: dict[str, dict[str, float]] | None = None) -> list[str]:
     """One sentence per budget: the scored file with the lowest perplexity within it. Speeds from another
-    runtime_bench run than `main_run` are marked `*`; the fastest file is chosen among the main run's rows."""
+    runtime_bench run than `main_run` are marked `*`; a file level with the chosen one is quoted at its speed
+    in the chosen file's run where it was timed there too (`runs`: run -> {label: decode tok/s}), so that
+    the two speeds compare. The fastest file is chosen among the main run's rows."""
     scored = [r for r in rows if r["perplexity"] is not None]
     speed = lambda r: f"{r['tok_s']:.1f} tok/s" + (" *" if r["run"] != main_run else "")  # noqa: E731
+
+    def beside(r: dict, best: dict) -> str:
+        same = (runs or {}).get(best["run"], {}).get(r["label"])
+        if best["run"] == main_run or r["run"] == best["run"] or same is None:
+            return speed(r)
+        return f"{same:.1f} tok/s * in the same run"
+
     out = []
     for limit in (80, 100, 160):
         fits = [r for r in scored if r["size_mb"] <= limit]
@@ -488,7 +501,7 @@ def ship(rows: list[dict], dense: float | None, main_run: str) -> list[str]:
             level = [r for r in fits if r is not best and r["perplexity"] <= best["perplexity"] * (1 + LEVEL)]
             out.append(f"Under {limit} MB: **{best['label']}** ({best['size_mb']:.1f} MB, perplexity {best['perplexity']:.3f}"
                        + (f", Alice {best['alice']:.2f}" if best["alice"] else "") + f", {speed(best)})"
-                       + "".join(f"; level with {r['label']} ({r['size_mb']:.1f} MB, {r['perplexity']:.3f}, {speed(r)})"
+                       + "".join(f"; level with {r['label']} ({r['size_mb']:.1f} MB, {r['perplexity']:.3f}, {beside(r, best)})"
                                  for r in level)
                        + (f"; by Alice: **{on_alice['label']}** ({on_alice['size_mb']:.1f} MB, Alice {on_alice['alice']:.2f}, "
                           f"perplexity {on_alice['perplexity']:.2f})" if on_alice and on_alice is not best else "")
