@@ -26,7 +26,7 @@ from exporters.onnx_builder.genai import write_genai_config
 from exporters.onnx_builder.modules import extra_elements
 from exporters.onnx_builder.reference import quantized_reference
 from exporters.onnx_graph import check_elements_kept, graph_weight_bytes, op_counts
-from exporters.onnx_parity import FLOAT64_SLACK, check_agreement, check_parity, check_quantized
+from exporters.onnx_parity import FLOAT64_SLACK, check_agreement, check_parity, check_quantized, text_prompts
 from models.base import LoadedModel
 from models.tokenizer_files import save_tokenizer
 from toolkit.counting import count_parameters
@@ -95,6 +95,7 @@ def export_onnx(
         raise TensoredgeError(f"{out_dir} is a file: `export onnx --out` takes a directory (model files, config, "
                               "tokenizer are written inside); give a new or existing directory")
     model, vocab = loaded.model, loaded.model.config.vocab_size
+    prompts = text_prompts(loaded.tokenizer, vocab) if any(f.name != "fp32" for f in formats) else None
     counts = count_parameters(model)["total"]
     result = {"format": FORMAT, "path": str(out_dir), "model": loaded.name, "family": loaded.family,
               "reference": reference, "eval_context": loaded.eval_context,
@@ -120,11 +121,12 @@ def export_onnx(
             elif fmt.name == "fp16":
                 say("fp16: checking agreement with PyTorch fp32")
                 entry["limits"] = FP16_LIMITS
-                entry["agreement"] = check_agreement(lm, model, vocab, FP16_LIMITS, "fp16")
+                entry["agreement"] = check_agreement(lm, model, vocab, FP16_LIMITS, "fp16", prompts=prompts)
+                entry["prompts"] = "random tokens" if prompts is None else "WikiText-2 valid"
             else:
                 say(f"{fmt.name}: checking ONNX Runtime against PyTorch with the file's own quantized weights")
                 entry |= check_quantized(lm, quantized_reference(model, fmt), model, vocab, fmt, atol, rtol,
-                                         float64_slack)
+                                         float64_slack, prompts)
             result["files"][fmt.name] = entry
         if ort_format:
             say("converting to ORT format (.ort) for mobile / reduced builds")

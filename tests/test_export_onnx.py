@@ -267,3 +267,41 @@ def test_block_padding_of_small_ranks_is_not_re_densification(tiny_gpt2, tmp_pat
     result = export_onnx(tiny_gpt2, tmp_path / "m", precisions=("int4",), accuracy_level=0)
     params = count_parameters(tiny_gpt2.model)["total"]["params"]
     assert params <= result["files"]["int4"]["graph_weight_elements"] <= params * 1.001
+
+
+class _Shifted(torch.nn.Module):
+    """`model` with every logit raised by the same amount: the same next-token distribution."""
+
+    def __init__(self, model, shift: float):
+        super().__init__()
+        self.model, self.shift = model, shift
+
+    def forward(self, **kwargs):
+        out = self.model(**kwargs)
+        out.logits = out.logits + self.shift
+        return out
+
+
+def test_quantized_gate_reads_text_prompts_ignores_a_common_offset_and_refuses_wrong_weights(tiny_llama, tmp_path_factory):
+    """The int4 gate measures on WikiText-2 valid prompts where the tokenizer fits, with logits centred per
+    position: a model differing only by a constant offset agrees as well as the model itself (the raw
+    relative error moved with the offset and refused a healed SmolLM2 file that was in fact closer), while
+    a file whose weights are not the model's is refused."""
+    from exporters.onnx_parity import QUANTIZED_LIMITS, agreement, check_agreement, text_prompts
+
+    loaded, folder, result = exported(tiny_llama, "dense", tmp_path_factory)
+    assert result["files"]["int4"]["prompts"] == "WikiText-2 valid"
+    vocab = loaded.model.config.vocab_size
+    prompts = text_prompts(loaded.tokenizer, vocab)
+    assert prompts.shape == (2, 33) and text_prompts(loaded.tokenizer, 1000) is None  # ids beyond a small vocab
+    lm = OnnxCausalLM(str(folder / "model_int4.onnx"), threads=1)
+    reference = quantized_reference(loaded.model, WeightFormat("int4"))
+    own = agreement(lm, reference, vocab, prompts)["relative_logit_error"]
+    shifted = agreement(lm, _Shifted(reference, 40.0), vocab, prompts)["relative_logit_error"]
+    assert own <= QUANTIZED_LIMITS["relative_logit_error"] and abs(shifted - own) < 1e-4
+    wrong = copy.deepcopy(reference)
+    with torch.no_grad():
+        for layer in wrong.model.layers:
+            layer.mlp.down_proj.weight.mul_(-1.0)
+    with pytest.raises(TensoredgeError, match="too far"):
+        check_agreement(lm, wrong, vocab, QUANTIZED_LIMITS, "int4", prompts=prompts)
