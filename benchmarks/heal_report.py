@@ -96,6 +96,8 @@ def rise(s: dict | None, dense: dict | None) -> str:
 
 def tables(summary: dict, gpu: str | None) -> str:
     dense, dense_q, quant = summary["dense"], summary["dense_quantized"], summary["quant_eval"] or "quantized"
+    # the simulated-quantization columns only where some model was scored so
+    quantized = any(dense_q.values()) or any(v for r in summary["runs"] for v in r["quantized"].values())
     lines = []
     commons = sorted({r["common"] for r in summary["runs"]})
     if commons:
@@ -111,21 +113,23 @@ def tables(summary: dict, gpu: str | None) -> str:
         lines += ["", f"**{title}**: {amount}, windows of {d['context']} every {d['stride']}. "
                   f"Dense: {fmt(ppl(d))}" + (f", {quant} weights (simulated): {fmt(ppl(dense_q.get(text)))} "
                                              f"({rise(dense_q.get(text), d)})" if dense_q.get(text) else "") + ".", ""]
-        head = ["plan", "healing", "steps", "tokens seen", "unhealed", "healed", "vs dense", "KL",
-                f"healed, {quant} (simulated)", "vs dense"]
+        head = ["plan", "healing", "steps", "tokens seen", "unhealed", "healed", "vs dense", "KL"]
+        head += [f"healed, {quant} (simulated)", "vs dense"] if quantized else []
         lines.append("| " + " | ".join(head) + " |")
         lines.append("|" + "---|" * len(head))
         for run in summary["runs"]:
             plan = summary["plans"][run["plan"]]
             healed, healed_q = run["scores"][text], run["quantized"][text]
-            lines.append("| " + " | ".join([
-                f"`{plan['plan']}`", f"`{run['options']}`" if run["options"] else "(common options)",
-                f"{run['steps'] or 0:,} / {run['steps_planned'] or 0:,}",
-                f"{(run['tokens_seen'] or 0) / 1e6:,.1f}M", fmt(ppl(plan["scores"][text])), fmt(ppl(healed)),
-                rise(healed, d), fmt(healed and healed.get("kl"), 3), fmt(ppl(healed_q)), rise(healed_q, d)]) + " |")
-    lines += ["", f"`{quant} (simulated)`: PyTorch with every MatMulNBits weight fake-quantized exactly as ONNX "
-              "Runtime quantizes it (`tensoredge eval --fake-quant`); activations stay float. For a run "
-              "healed with `--quant`, that is the precision it was trained for, and `healed` is its float weights."]
+            cells = [f"`{plan['plan']}`", f"`{run['options']}`" if run["options"] else "(common options)",
+                     f"{run['steps'] or 0:,} / {run['steps_planned'] or 0:,}",
+                     f"{(run['tokens_seen'] or 0) / 1e6:,.1f}M", fmt(ppl(plan["scores"][text])), fmt(ppl(healed)),
+                     rise(healed, d), fmt(healed and healed.get("kl"), 3)]
+            cells += [fmt(ppl(healed_q)), rise(healed_q, d)] if quantized else []
+            lines.append("| " + " | ".join(cells) + " |")
+    if quantized:
+        lines += ["", f"`{quant} (simulated)`: PyTorch with every MatMulNBits weight fake-quantized exactly as ONNX "
+                  "Runtime quantizes it (`tensoredge eval --fake-quant`); activations stay float. For a run "
+                  "healed with `--quant`, that is the precision it was trained for, and `healed` is its float weights."]
     return "\n".join(lines)
 
 

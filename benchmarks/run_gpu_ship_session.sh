@@ -99,7 +99,8 @@
 # mix closed the Alice gap (17.289-17.323 against plain int8's 17.221), and the picked file (plan0-heal0)
 # was lost with the machine before its second ship call: gpu_ship.sh now xz-compresses, so an int8 file is
 # 8 pieces (this call's 4 and one more call's 4), not 10 in three calls.
-# SESSION=long (planned for the next session, issue 14; not run yet): are the goal plans limited by
+# SESSION=long (run on 2026-12-02, the tenth session: benchmarks/results/long-2026-12-02-h200; +10.3% and +18.8%,
+# 21.6M and 20.0M tokens, 1,580 s of device time in 5 calls): are the goal plans limited by
 # training or by what the compression removed? The fifth session healed 20% and 30% of all parameters
 # for a 600-second schedule beside three other runs (5.0M and 4.8M tokens): +13.0% and +24.7% on
 # WikiText-2 (goals +5% and +10%); four times the fourth session's training had moved them from +19.1%
