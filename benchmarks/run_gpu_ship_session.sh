@@ -113,6 +113,24 @@
 # SESSION=int8-alice's, every work call WORK_SECONDS=545: about 100 s of set-up, ~350 s before training,
 # 800 s of training, ~60 s of evaluation: about 1,350 of the 1,800 s, leaving room for one mishap. A dry run of its stages on tiny-gpt2 (DEVICE=cpu, 20k tokens of
 # samples, 30-second schedules, 2,048 tokens of each text) passed.
+# SESSION=sources (planned for the next session, issue 14 items 2 and 4; not run yet):
+# - item 2, which distillation text heals best on its own: the 20% goal plan healed on each source alone,
+#   and on the mix, side by side, for a 300-second schedule (SOURCES_TRAIN_SECONDS), with the held-out
+#   curve every 50 steps (the first 16,384 tokens of each text):
+#     plan0:heal0 valid alone   plan0:heal1 books alone   plan0:heal2 Moby-Dick alone
+#     plan0:heal3 the teacher's samples alone (3.0M tokens, prompted from valid and books)
+#     plan0:heal4 the mix of every earlier session (valid .3, books .3, samples .4)
+#   then the full texts (healed and unhealed); float only, no export.
+# - item 4, the embedding and head variants after healing: `sweep embedding --heal` at ratio 2 for the
+#   frequency-tiered TT, TT-matrix, SVD table and frequency-tiered SVD, each with the head dense, shared and
+#   low-rank (12 entries, 250 steps of 8 x 512 tokens each, scored on the first 16,384 test tokens before
+#   and after), started once the samples are written (their generation fills the GPU's memory); it resumes
+#   from its partial JSON across calls.
+# Calls as SESSION=long's. Estimated: ~130 s of set-up, ~250 s before training, 300 s + curves, ~60 s of
+# evaluation; the sweep about 950 s after the samples: about 1,300 of the 1,800 s. A dry run of its stages
+# on tiny-gpt2 passed (DEVICE=cpu MODEL=tiny-gpt2 SOURCES_GEN_TOKENS=20000 GEN_LENGTH=200 SOURCES_TRAIN_SECONDS=30
+# SOURCES_HEAL_ARGS="--batch 4 --seq-len 128 --eval-every 20 --curve-tokens 1024" SWEEP_HEAL_STEPS=2
+# SWEEP_TOKENS=256 SWEEP_SEQ_LEN=128 EVAL_ARGS="--max-tokens 2048": tiny-gpt2 takes 256 positions).
 set -euo pipefail
 : "${OUT:?set OUT to the folder that comes back}"
 SESSION=${SESSION:-ship}
@@ -183,8 +201,25 @@ driver() {  # everything, in the background of the calls; resumable
         export HEAL_ARGS="--batch 12 --seq-len 512 --eval-every 150 --curve-tokens 16384 --checkpoint-every 100"
         export TRAIN_SECONDS=${LONG_TRAIN_SECONDS:-800} GEN_TOKENS=${LONG_GEN_TOKENS:-6000000}
     fi
+    if [ "$SESSION" = sources ]; then  # issue 14 item 2: each distillation text alone, the 20% plan
+        export PLANS="--fc svd-llm --scope all --remove 0.2 --alloc sensitivity --calibration valid,books"
+        export HEALS="--data valid:1|--data books:1|--data moby:1|--data generated=@gen0:1|\
+--data valid:0.3,books:0.3,generated=@gen0:0.4"
+        export RUNS="0:0 0:1 0:2 0:3 0:4" QUANT_EVAL= EVAL_UNHEALED=1 EXPORTS=
+        export HEAL_ARGS=${SOURCES_HEAL_ARGS:-"--batch 12 --seq-len 512 --eval-every 50 --curve-tokens 16384 --checkpoint-every 100"}
+        export TRAIN_SECONDS=${SOURCES_TRAIN_SECONDS:-300} GEN_TOKENS=${SOURCES_GEN_TOKENS:-3000000}
+    fi
     local parts=(heal02 heal03)
     [ "$SESSION" = ship ] || parts=()
+    if [ "$SESSION" = sources ]; then  # issue 14 item 4: the embedding and head variants, healed
+        (
+            until [ -f "$WORK/gen0/samples.json" ] && [ -f "$WORK/dense/manifest.json" ]; do sleep 5; done
+            OMP_NUM_THREADS=2 python3 -m toolkit.cli sweep embedding --model "$WORK/dense" --out "$W/heads" \
+                --ratios 2 --head-ratios 2 --variants "tt tiers by freq,ttm,svd-table,svd tiers by freq" \
+                --heal "${SWEEP_HEAL_STEPS:-250}" --heal-batch 8 --heal-seq-len "${SWEEP_SEQ_LEN:-512}" --heal-lr 3e-4 --heal-tokens 1000000 \
+                --max-tokens "${SWEEP_TOKENS:-16385}" --device "${DEVICE:-cuda}" >> "$W/logs/heads.log" 2>&1
+        ) &
+    fi
     for part in "${parts[@]}"; do
         mkdir -p "$W/$part"
         [ -f "$W/$part/fc-sweep.json" ] || cp benchmarks/results/grid-2026-12-02-h200/heal-grid/fc-sweep.json "$W/$part/"
@@ -217,7 +252,7 @@ driver() {  # everything, in the background of the calls; resumable
 collect() {  # $OUT/results.tar.gz: what is done so far (a call returns at most 8 files)
     local c=$W/collect
     rm -rf "$c"; mkdir -p "$c/goal"
-    for name in heal02 heal03; do
+    for name in heal02 heal03 heads; do
         mkdir -p "$c/$name"; cp "$W/$name"/*.{json,md,png} "$c/$name/" 2>/dev/null || true
         tail -n 100 "$W/logs/$name.log" 2>/dev/null | grep -v "logging.cc" > "$c/$name/$name.log" || true
     done

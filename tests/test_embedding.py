@@ -275,6 +275,40 @@ def test_sweep_rejects_bad_ratios():
     import subprocess
     import sys
 
-    done = subprocess.run([sys.executable, "-m", "toolkit.cli", "sweep", "embedding", "--ratios", "1"],
-                          capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"}, timeout=300)
-    assert done.returncode == 2 and done.stderr.count("error:") == 1 and "Traceback" not in done.stderr
+    for bad, fragment in ((["--ratios", "1"], "every ratio must be > 1"), (["--variants", "ttm,tucker"], "--variants tucker")):
+        done = subprocess.run([sys.executable, "-m", "toolkit.cli", "sweep", "embedding", *bad],
+                              capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"}, timeout=300)
+        assert done.returncode == 2 and done.stderr.count("error:") == 1 and "Traceback" not in done.stderr
+        assert fragment in done.stderr
+
+
+def test_sweep_embedding_heal_scores_each_entry_before_and_after_healing(tmp_path):
+    import json
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    stem = tmp_path / "embedding-sweep"
+    done = subprocess.run([sys.executable, "-m", "toolkit.cli", "sweep", "embedding", "--model", "tiny-gpt2",
+                           "--ratios", "3", "--head-ratios", "3", "--max-tokens", "64", "--out", str(tmp_path),
+                           "--variants", "ttm, svd tiers by freq", "--heal", "2", "--heal-batch", "2", "--heal-seq-len", "32", "--heal-tokens", "4096",
+                           "--heal-lr", "1e-3"], capture_output=True, text=True, env=env, timeout=900)
+    assert done.returncode == 0, done.stderr
+    result = json.loads(stem.with_suffix(".json").read_text())
+    assert result["heal"] == {"steps": 2, "batch": 2, "seq_len": 32, "lr": 1e-3, "tokens": 4096}
+    assert {(row["table"], row["variant"], row["head"]) for row in result["rows"]} == {
+        (table, variant, head) for variant in ("ttm", "svd tiers by freq")
+        for table, head in (("variants", "dense"), ("heads", "shared"), ("heads", "lowrank"))}
+    for row in result["rows"]:
+        assert row["heal"]["steps"] == 2 and row["heal"]["last_loss"] > 0
+        assert row["perplexity"] != row["unhealed"]["perplexity"]  # two steps of distillation moved the weights
+    markdown = stem.with_suffix(".md").read_text()
+    assert "| unhealed | healed perplexity |" in markdown and "healed before it was scored" in markdown
+    # the same sweep without --heal does not take the healed rows as its own
+    again = subprocess.run([sys.executable, "-m", "toolkit.cli", "sweep", "embedding", "--model", "tiny-gpt2",
+                            "--ratios", "3", "--head-ratios", "--max-tokens", "64", "--out", str(tmp_path)],
+                           capture_output=True, text=True, env=env, timeout=900)
+    assert again.returncode == 0, again.stderr
+    plain = json.loads(stem.with_suffix(".json").read_text())
+    assert "heal" not in plain and not any("unhealed" in row for row in plain["rows"])

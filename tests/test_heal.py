@@ -394,6 +394,18 @@ def test_healed_model_saves_reloads_evaluates_and_exports_with_parity(_tiny_gpt2
 
     export = export_onnx(healed, tmp_path / "onnx")
     assert export["files"]["fp32"]["parity"]["greedy_tokens_equal"] == 32
+    # the other exports take the healed folder unchanged, each checked against PyTorch, and bench runs both files
+    assert main(["export", "gguf", "--model", str(out / "model"), "--out", str(tmp_path / "h.gguf"),
+                 "--json", str(tmp_path / "g.json")]) == 0
+    assert json.loads((tmp_path / "g.json").read_text())["top1_agreement"] == 1.0
+    assert main(["export", "container", "--model", str(out / "model"), "--out", str(tmp_path / "c.gguf"),
+                 "--json", str(tmp_path / "k.json")]) == 0
+    assert json.loads((tmp_path / "k.json").read_text())["top1_agreement"] == 1.0
+    for name, file in (("bo", tmp_path / "onnx"), ("bg", tmp_path / "h.gguf")):
+        assert main(["bench", str(file), "--prompt-tokens", "8", "--decode-tokens", "4", "--repeats", "1",
+                     "--warmup", "0", "--threads", "1", "--json", str(tmp_path / f"{name}.json")]) == 0
+        bench = json.loads((tmp_path / f"{name}.json").read_text())
+        assert bench["decode_tokens_per_s"]["median"] > 0 and len(bench["generated_tokens"]) == 4
 
 
 def test_eval_on_the_second_text_reports_its_tokens(tmp_path):

@@ -139,6 +139,10 @@ def test_bad_sweep_options_are_one_line_errors(tmp_path):
     for args, fragment in ((["--heal", "0"], "--heal 0"), (["--task-cpus", "0"], "--task-cpus 0"),
                            (["--task-gpus", "1.5"], "--task-gpus 1.5"),
                            (["--heal", "5", "--heal-tokens", "100"], "--heal-tokens 100"),
-                           (["--methods", "svd@x"], "removals after @ are fractions")):
+                           (["--methods", "svd@x"], "removals after @ are fractions"),
+                           (["--heal", "5", "--heal-seq-len", "512"], "--heal-seq-len 512 is longer than the context")):
         assert_one_line_error(tensoredge("sweep", "fc", "--model", "tiny-gpt2", "--out", str(tmp_path), *args),
                               fragment)
+    assert_one_line_error(tensoredge("sweep", "embedding", "--model", "tiny-gpt2", "--out", str(tmp_path), "--heal", "5",
+                                     "--heal-seq-len", "512"), "--heal-seq-len 512 is longer than the context")
+    assert not any(tmp_path.iterdir())  # refused before any work

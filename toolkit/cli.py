@@ -131,6 +131,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ratios", type=float, nargs="+", help="embedding: compression ratios (default: 2 3.31 5 10 20 38.4)")
     p.add_argument("--head-ratios", type=float, nargs="*", help="embedding: ratios at which the tied-head policies "
                                                                 "are compared (default: 2)")
+    p.add_argument("--variants", help="embedding: only these variants, comma-separated (tt, tt tiers by freq, "
+                                      "tt tiers by norm, ttm, svd-table, svd tiers by freq; default: all)")
     p.add_argument("--calibration-tokens", type=int, default=8192,
                    help="fc: WikiText-2 valid tokens for calibration (default: %(default)s)")
     p.add_argument("--removals", default="0.1,0.2,0.3", help="fc: fractions of FC parameters to remove (default: %(default)s)")
@@ -164,13 +166,13 @@ def build_parser() -> argparse.ArgumentParser:
                    help="fc: larger removals of a method/allocation whose perplexity passed PPL are recorded as "
                         "skipped, not run (inf: run every point; default: %(default)s)")
     p.add_argument("--heal", type=int, metavar="STEPS",
-                   help="fc: heal each compressed model for STEPS distillation steps before scoring it "
-                        "(all parameters, towards the dense model, on WikiText-2 valid)")
-    p.add_argument("--heal-lr", type=float, default=1e-4, help="fc --heal: learning rate (default: %(default)s)")
-    p.add_argument("--heal-batch", type=int, default=4, help="fc --heal: sequences per step (default: %(default)s)")
-    p.add_argument("--heal-seq-len", type=int, default=256, help="fc --heal: tokens per sequence (default: %(default)s)")
+                   help="heal each compressed model for STEPS distillation steps before scoring it "
+                        "(all parameters, towards the dense model, on WikiText-2 valid); scored before and after")
+    p.add_argument("--heal-lr", type=float, default=1e-4, help="--heal: learning rate (default: %(default)s)")
+    p.add_argument("--heal-batch", type=int, default=4, help="--heal: sequences per step (default: %(default)s)")
+    p.add_argument("--heal-seq-len", type=int, default=256, help="--heal: tokens per sequence (default: %(default)s)")
     p.add_argument("--heal-tokens", type=int, default=65536,
-                   help="fc --heal: distil on the first N WikiText-2 valid tokens (more than it holds: all of it; "
+                   help="--heal: distil on the first N WikiText-2 valid tokens (more than it holds: all of it; "
                         "default: %(default)s)")
     add_json(p)
 

@@ -334,7 +334,8 @@ def sweep_fc(args: argparse.Namespace) -> dict:
     import sys
 
     from toolkit.sweep import command_line
-    from toolkit.sweep.fc import HealSettings, render, run_fc_sweep
+    from toolkit.sweep.fc import render, run_fc_sweep
+    from toolkit.sweep.heal import HealSettings
 
     out = Path(args.out)
     if args.render_only:
@@ -487,13 +488,21 @@ def sweep_embedding(args: argparse.Namespace) -> dict:
     from toolkit.errors import TensoredgeError
     from toolkit.sweep import command_line
     from toolkit.sweep import embedding
+    from toolkit.sweep.heal import HealSettings
 
     if any(r <= 1 for r in (args.ratios or []) + (args.head_ratios or [])):
         raise TensoredgeError("every ratio must be > 1, e.g. --ratios 2 5 10")
+    if args.variants is not None:
+        args.variants = [v.strip() for v in args.variants.split(",") if v.strip()]
+        unknown = [v for v in args.variants if v not in embedding.VARIANTS]
+        if unknown or not args.variants:
+            raise TensoredgeError(f"--variants {','.join(unknown) or '(none)'}: choose from "
+                                  f"{','.join(embedding.VARIANTS)} (comma-separated, e.g. --variants 'ttm,svd-table')")
     args.ratios = args.ratios or list(embedding.RATIOS)
     args.head_ratios = embedding.HEAD_RATIOS if args.head_ratios is None else args.head_ratios
     args.out = str(Path(args.out) / "embedding-sweep")
-    return embedding.sweep(args, command_line(sys.argv[1:]))
+    heal = HealSettings(args.heal, args.heal_batch, args.heal_seq_len, args.heal_lr, args.heal_tokens) if args.heal else None
+    return embedding.sweep(args, command_line(sys.argv[1:]), heal)
 
 
 def pipeline(args: argparse.Namespace) -> dict:

@@ -77,8 +77,6 @@ def check_sweep_outputs(args: argparse.Namespace) -> None:
     partial = stem.with_name(stem.name + ".partial.json")
     if args.target == "embedding":
         check_output(partial, "json")
-        if args.heal:
-            raise TensoredgeError("--heal heals FC-compressed models: use it with sweep fc")
     if args.ray:
         from toolkit.sweep.distributed import require_ray
 
@@ -130,11 +128,12 @@ def check_window(args: argparse.Namespace) -> None:
             raise TensoredgeError(f"--{name.replace('_', '-')} {value} must be at least {least}")
     if args.context and args.stride and args.stride > args.context:
         raise TensoredgeError(f"--stride {args.stride} must not exceed --context {args.context}")
-    longest = max(args.context or 0, getattr(args, "seq_len", None) or 0)
+    lengths = {"--context": args.context or 0, "--seq-len": getattr(args, "seq_len", None) or 0,
+               "--heal-seq-len": (getattr(args, "heal_seq_len", None) or 0) if getattr(args, "heal", None) else 0}
+    flag, longest = max(lengths.items(), key=lambda item: item[1])
     if longest:
         limit = model_context(args.model)
         if limit is not None and longest > limit:
-            flag = "--context" if longest == (args.context or 0) else "--seq-len"
             raise TensoredgeError(f"{flag} {longest} is longer than the context of {args.model} ({limit} tokens): "
                                   f"use at most {limit}")
 

@@ -12,7 +12,7 @@ import copy
 import json
 import platform
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable
 
@@ -44,6 +44,9 @@ class Shared:
     tokenizer: object
     reference: object  # toolkit.sweep.score.Reference on the evaluation windows
     measure: Measure
+    device: str = "cpu"
+    heal: object = None  # toolkit.sweep.heal.HealSettings: each entry healed before it is scored
+    heal_ids: object = None  # the distillation text (WikiText-2 valid ids)
 
 
 def run_entry(spec: dict, shared: Shared, _prepared: object = None) -> dict:
@@ -60,7 +63,13 @@ def run_entry(spec: dict, shared: Shared, _prepared: object = None) -> dict:
         compress_(model, shared.family, spec["plan"], tokenizer=shared.tokenizer)
         row["compress_seconds"] = round(time.time() - began, 2)
         row |= shared.measure(shared.model, model)
-        row |= shared.reference.score(model)
+        model.to(shared.device)
+        if shared.heal is not None:
+            from toolkit.sweep.heal import heal_trial
+
+            row |= {"unhealed": shared.reference.score(model, shared.device)}
+            row |= heal_trial(model, shared.model, shared.heal_ids, shared.heal, shared.device)
+        row |= shared.reference.score(model, shared.device)
     except TensoredgeError as exc:
         row["error"] = str(exc)
     except Exception as exc:  # noqa: BLE001 - recorded in the row; the sweep goes on
@@ -69,9 +78,10 @@ def run_entry(spec: dict, shared: Shared, _prepared: object = None) -> dict:
 
 
 def run_entries(entries_for: Callable[[nn.Module], list[Entry]], args: argparse.Namespace, measure: Measure,
-                partial: Path) -> dict:
+                partial: Path, heal=None) -> dict:
     """Compress and evaluate every entry (`entries_for(dense model)`) on WikiText-2 test of `args.model`,
-    in this process or, with `args.ray`, as Ray tasks (toolkit.sweep.distributed).
+    in this process or, with `args.ray`, as Ray tasks (toolkit.sweep.distributed), on `args.device`.
+    With `heal` (toolkit.sweep.heal.HealSettings) each entry is scored, healed, and scored again.
 
     Finished rows go to `partial` (JSON) after every entry, and a re-run with the same model and
     evaluation window takes them from there instead of recomputing.
@@ -89,18 +99,25 @@ def run_entries(entries_for: Callable[[nn.Module], list[Entry]], args: argparse.
     loaded = open_model(args.model)
     windows, setup = evaluation_windows(loaded, args)
     entries = entries_for(loaded.model)
-    key = {"model": loaded.name, **setup}
+    device = getattr(args, "device", "cpu")
+    key = {"model": loaded.name, **setup} | ({"heal": asdict(heal)} if heal else {})
     say(f"sweep of {len(entries)} plans on {loaded.name}, {setup['tokens']} WikiText-2 test tokens each; "
         "dense reference first")
-    reference = Reference(loaded.model.eval(), windows)
-    shared = Shared(loaded.model, loaded.family, loaded.tokenizer, reference, measure)
+    reference = Reference(loaded.model.eval(), windows, device)
+    heal_ids = None
+    if heal:
+        from toolkit.compress.context import valid_ids
+
+        heal_ids = valid_ids(loaded.tokenizer)[: heal.tokens]
+    shared = Shared(loaded.model, loaded.family, loaded.tokenizer, reference, measure, device, heal, heal_ids)
     ledger = Ledger(partial, {"key": key}, ("key",), say)
     points = [Point(json.dumps(e.plan, sort_keys=True), i, str(i), {"plan": e.plan, "labels": e.labels})
               for i, e in enumerate(entries)]
     if ray:
         from toolkit.sweep.distributed import RayExecutor
 
-        executor = RayExecutor(ray, shared, run_entry, None, getattr(args, "task_cpus", 1), 0.0, say)
+        gpus = getattr(args, "task_gpus", 1.0) if device.startswith("cuda") else 0.0
+        executor = RayExecutor(ray, shared, run_entry, None, getattr(args, "task_cpus", 1), gpus, say)
     else:
         executor = LocalExecutor(shared, run_entry)
     try:

@@ -14,6 +14,7 @@ import torch.nn as nn
 from toolkit.compress.shared_head import head_costs, stored_bytes
 from toolkit.compress.tt_embedding import row_params, tensor_shape
 from toolkit.sweep import Entry, new_figure, partial_path, run_entries, write_outputs
+from toolkit.sweep.heal import HealSettings
 from toolkit.table import markdown_table, num
 
 RATIOS = (2.0, 3.31, 5.0, 10.0, 20.0, 38.4)
@@ -43,16 +44,21 @@ def tt_order(dim: int, ratio: float) -> str:
     return ""
 
 
-def entries(dim: int, ratios: list[float], head_ratios: list[float]) -> list[Entry]:
-    """The main table (head=dense, the embedding alone compressed) then the head-policy table."""
+def entries(dim: int, ratios: list[float], head_ratios: list[float], chosen: list[str] | None = None) -> list[Entry]:
+    """The main table (head=dense, the embedding alone compressed) then the head-policy table; `chosen`:
+    only these variants (labels of VARIANTS)."""
     out = []
     for r in ratios:
         for variant, pattern in VARIANTS.items():
+            if chosen and variant not in chosen:
+                continue
             spec = pattern.format(r=f"{r:g}", order=tt_order(dim, r)) + ",head=dense"
             out.append(Entry({"embedding": spec}, {"table": "variants", "variant": variant, "target": r,
                                                    "head": "dense"}))
     for r in head_ratios:
         for variant in HEAD_VARIANTS:
+            if chosen and variant not in chosen:
+                continue
             for head in ("shared", "lowrank"):
                 spec = VARIANTS[variant].format(r=f"{r:g}", order=tt_order(dim, r)) + f",head={head}"
                 out.append(Entry({"embedding": spec}, {"table": "heads", "variant": variant, "target": r,
@@ -85,12 +91,20 @@ def shape_of(record: dict) -> str:
 
 
 def variants_table(rows: list[dict]) -> str:
+    healed = any("unhealed" in r for r in rows)
     body = [[r["variant"], f"{r['target']:g}", f"{r['ratio']:.2f}x" if "ratio" in r else "-",
-             shape_of(r.get("record", {})), num(r.get("perplexity"), 5), num(r.get("kl"), 3),
-             num(r.get("top1_agreement"), 3), r.get("error") or r.get("failed", "")]
+             shape_of(r.get("record", {}))] + ([unhealed(r)] if healed else [])
+            + [num(r.get("perplexity"), 5), num(r.get("kl"), 3),
+               num(r.get("top1_agreement"), 3), r.get("error") or r.get("failed", "")]
             for r in rows if r["table"] == "variants"]
-    return markdown_table(["variant", "target", "achieved (bytes)", "shape / ranks", "perplexity", "KL",
-                           "top-1", "note"], body)
+    return markdown_table(["variant", "target", "achieved (bytes)", "shape / ranks"]
+                          + (["unhealed", "healed perplexity"] if healed else ["perplexity"])
+                          + ["KL", "top-1", "note"], body)
+
+
+def unhealed(row: dict) -> str:
+    """The entry's perplexity before healing ('-' when it was not healed)."""
+    return num(row["unhealed"]["perplexity"], 5) if "unhealed" in row else "-"
 
 
 def heads_table(rows: list[dict]) -> str:
@@ -98,6 +112,7 @@ def heads_table(rows: list[dict]) -> str:
               or (r["table"] == "variants" and r["variant"] in HEAD_VARIANTS
                   and r["target"] in {h["target"] for h in rows if h["table"] == "heads"})]
     chosen.sort(key=lambda r: (r["target"], list(VARIANTS).index(r["variant"]), r["head"]))
+    healed = any("unhealed" in r for r in chosen)
     body = []
     for r in chosen:
         cost = r.get("head_cost")
@@ -105,10 +120,11 @@ def heads_table(rows: list[dict]) -> str:
         body.append([r["variant"], f"{r['target']:g}", r["head"], cost["policy"] if cost else "-",
                      f"{stored / 2**20:.1f}" if cost else "-",
                      f"{cost['bytes_read'] / 2**20:.1f}" if cost else "-",
-                     f"{cost['flops'] / 1e6:.1f}" if cost else "-",
-                     num(r.get("perplexity"), 5), num(r.get("kl"), 3), r.get("error") or r.get("failed", "")])
+                     f"{cost['flops'] / 1e6:.1f}" if cost else "-"] + ([unhealed(r)] if healed else [])
+                    + [num(r.get("perplexity"), 5), num(r.get("kl"), 3), r.get("error") or r.get("failed", "")])
     return markdown_table(["variant", "ratio", "head", "head computes by", "embedding + head stored (MiB)",
-                           "head read / token (MiB)", "head MFLOP / token", "perplexity", "KL", "note"], body)
+                           "head read / token (MiB)", "head MFLOP / token"]
+                          + (["unhealed", "healed perplexity"] if healed else ["perplexity"]) + ["KL", "note"], body)
 
 
 def frequency_finding(rows: list[dict]) -> list[str]:
@@ -135,7 +151,8 @@ def markdown(result: dict) -> str:
         f"{result['tokens']:,} of {result['split_tokens']:,} WikiText-2 test tokens (windows of "
         f"{result['context']} every {result['stride']}). Dense perplexity on these tokens: "
         f"{ref['perplexity']:.5g}. Only the embedding is compressed; ratios are dense embedding bytes / "
-        "compressed embedding bytes (float32; the tier map counts one byte per token).", "",
+        "compressed embedding bytes (float32; the tier map counts one byte per token)."
+        + (healing_note(result["heal"]) if result.get("heal") else ""), "",
         "## Variants at the same ratio (the tied head kept dense, as TensorGPT does)", "",
         variants_table(result["rows"]), "",
         "## Tied head policies", "",
@@ -155,9 +172,21 @@ def markdown(result: dict) -> str:
     ])
 
 
+def healing_note(heal: dict) -> str:
+    return (f" Every entry was healed before it was scored: all parameters distilled towards the dense model for "
+            f"{heal['steps']:,} steps of {heal['batch']} x {heal['seq_len']} tokens at lr {heal['lr']:g}, on the first "
+            f"{heal['tokens']:,} WikiText-2 valid tokens; `unhealed` is the same entry before.")
+
+
 def plot(result: dict, path: Path) -> None:
     fig, (left, right) = new_figure(2)
     rows = [r for r in result["rows"] if r["table"] == "variants" and "perplexity" in r]
+    if not rows:  # nothing was built: say so rather than draw empty log axes
+        for ax in (left, right):
+            ax.text(0.5, 0.5, "no variant was built (see the table)", ha="center", va="center")
+            ax.set_axis_off()
+        fig.savefig(path, bbox_inches="tight")
+        return
     for i, variant in enumerate(VARIANTS):
         mine = sorted((r for r in rows if r["variant"] == variant), key=lambda r: r["ratio"])
         left.plot([r["ratio"] for r in mine], [r["perplexity"] for r in mine], "o-", color=f"C{i}", label=variant)
@@ -174,13 +203,16 @@ def plot(result: dict, path: Path) -> None:
         ax.yaxis.set_minor_formatter(NullFormatter())
         ax.grid(alpha=0.3, which="both")
         ax.legend(fontsize=8)
-    fig.suptitle(f"{result['model']}: embedding only, tied head dense; {result['tokens']} WikiText-2 test tokens")
+    healed = f"healed {result['heal']['steps']} steps; " if result.get("heal") else ""
+    fig.suptitle(f"{result['model']}: embedding only, tied head dense; {healed}{result['tokens']} WikiText-2 test tokens")
     fig.savefig(path, bbox_inches="tight")
 
 
-def sweep(args: argparse.Namespace, command: str) -> dict:
-    result = run_entries(lambda model: entries(model.config.hidden_size, args.ratios, args.head_ratios),
-                         args, measure, partial_path(Path(args.out)))
+def sweep(args: argparse.Namespace, command: str, heal: HealSettings | None = None) -> dict:
+    """Every entry built, measured and scored (with `heal`: scored, healed and scored again)."""
+    result = run_entries(lambda model: entries(model.config.hidden_size, args.ratios, args.head_ratios,
+                                               getattr(args, "variants", None)),
+                         args, measure, partial_path(Path(args.out)), heal)
     result |= {"command": command, "date": datetime.date.today().isoformat(), "paper": PAPER}
     paths = write_outputs(Path(args.out), result, markdown(result), lambda p: plot(result, p))
     print(variants_table(result["rows"]))

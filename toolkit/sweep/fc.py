@@ -19,6 +19,7 @@ import torch
 
 from toolkit.files import atomic_path
 from toolkit.sweep.grid import Point, one_line
+from toolkit.sweep.heal import HealSettings, heal_trial
 from toolkit.sweep.score import Reference
 
 HOPELESS = 1000.0  # perplexity past which larger removals are not measured
@@ -59,18 +60,6 @@ def whole_stack_spec(method: str, removal: float) -> str:
     if method == "tt-linear":
         return f"tt-linear:ratio={ratio:.4f}"
     return f"trawl:decomp={'cp' if method == 'trawl-cp' else 'tucker'},ratio={ratio:.4f}"
-
-
-@dataclass
-class HealSettings:
-    """`--heal STEPS`: each point is healed (all parameters distilled towards the dense model on
-    WikiText-2 valid) before it is scored."""
-
-    steps: int
-    batch: int = 4
-    seq_len: int = 256
-    lr: float = 1e-4
-    tokens: int = 65536
 
 
 @dataclass
@@ -174,7 +163,8 @@ def run_point(spec: dict, shared: Shared, prepared: dict | None) -> dict:
         built = time.time() - start
         trial.to(shared.device)
         if shared.heal is not None:
-            row |= {"unhealed": shared.reference.score(trial, shared.device)} | heal_point(trial, shared)
+            row |= {"unhealed": shared.reference.score(trial, shared.device)}
+            row |= heal_trial(trial, shared.model, shared.heal_ids, shared.heal, shared.device)
         row |= shared.reference.score(trial, shared.device) | {"seconds_build": built,
                                                                 "seconds_total": time.time() - start}
     except TensoredgeError as exc:
@@ -182,25 +172,6 @@ def run_point(spec: dict, shared: Shared, prepared: dict | None) -> dict:
     except Exception as exc:  # noqa: BLE001 - out of memory, a numerical failure: recorded, the sweep goes on
         row["failed"] = one_line(exc)
     return row
-
-
-def heal_point(trial: torch.nn.Module, shared: Shared) -> dict:
-    """Distil `trial` towards the dense model for `shared.heal.steps` steps (toolkit.heal)."""
-    import tempfile
-
-    from toolkit.heal.loop import HealConfig, heal
-
-    settings = shared.heal
-    config = HealConfig(steps=settings.steps, batch=settings.batch, seq_len=settings.seq_len, lr=settings.lr,
-                        train="all", checkpoint_every=settings.steps)
-    with tempfile.TemporaryDirectory(prefix="tensoredge-heal-") as tmp:
-        record = heal(trial, shared.model, shared.heal_ids, config, tmp, device=shared.device, resume=None)
-    shared.model.to("cpu")
-    trial.eval()
-    losses = [h["loss"] for h in record["history"] if "loss" in h]
-    return {"heal": {"steps": record["steps_done"], "seconds": record["seconds"], "lr": settings.lr,
-                     "batch": settings.batch, "seq_len": settings.seq_len,
-                     "first_loss": losses[0] if losses else None, "last_loss": losses[-1] if losses else None}}
 
 
 def hopeless_past(limit: float) -> Callable[[dict], str | None]:
