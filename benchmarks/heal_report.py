@@ -133,6 +133,18 @@ def tables(summary: dict, gpu: str | None) -> str:
     return "\n".join(lines)
 
 
+def curve_labels(summary: dict) -> tuple[str | None, list[str]]:
+    """The plan every run shares (None if they differ) and each run's legend label: its healing options,
+    prefixed by its plan only when the plans differ."""
+    plans = {summary["plans"][run["plan"]]["plan"] for run in summary["runs"]}
+    one_plan = plans.pop() if len(plans) == 1 else None
+    labels = []
+    for run in summary["runs"]:
+        options = run["options"] or "common options"
+        labels.append(options if one_plan else f"{summary['plans'][run['plan']]['plan']} | {options}")
+    return one_plan, labels
+
+
 def plot(summary: dict, out_dir: Path, stem: str = "healing-curves") -> list[Path]:
     import matplotlib
 
@@ -140,16 +152,17 @@ def plot(summary: dict, out_dir: Path, stem: str = "healing-curves") -> list[Pat
     import matplotlib.pyplot as plt
 
     written = []
+    one_plan, labels = curve_labels(summary)
     for text, title in TEXTS.items():
         fig, ax = plt.subplots(figsize=(8, 5))
         teacher = None
-        for run in summary["runs"]:
+        for run, label in zip(summary["runs"], labels):
             points = [c for c in run["curves"] if text in c]
             if not points:
                 continue
             teacher = points[0][text]["teacher_perplexity"]
             ax.plot([p["tokens_seen"] / 1e6 for p in points], [p[text]["perplexity"] for p in points],
-                    marker=".", label=f"{summary['plans'][run['plan']]['plan']} | {run['options'] or 'common options'}")
+                    marker=".", label=label)
         if teacher is None:
             plt.close(fig)
             continue
@@ -157,8 +170,9 @@ def plot(summary: dict, out_dir: Path, stem: str = "healing-curves") -> list[Pat
         ax.set_xlabel("tokens seen (millions)")
         ax.set_ylabel("perplexity (held-out slice)")
         ax.set_yscale("log")
-        ax.set_title(f"Healing: held-out perplexity on {title} against tokens seen")
-        ax.legend(fontsize=6)
+        ax.set_title(f"Healing: held-out perplexity on {title} against tokens seen"
+                     + (f"\n{one_plan}" if one_plan else ""), fontsize=10 if one_plan else None)
+        ax.legend(fontsize=7 if one_plan else 6)
         ax.grid(alpha=0.3)
         path = out_dir / f"{stem}-{text}.png"
         fig.tight_layout()

@@ -57,7 +57,8 @@ HEAL_SESSIONS = [str(REPO / "benchmarks/results/ship-2026-12-02-h200/heal"),
                  "int8=" + str(REPO / "benchmarks/results/int8-2026-12-02-h200"),
                  "alice8=" + str(REPO / "benchmarks/results/int8-alice-2026-12-02-h200"),
                  "int8ref=" + str(REPO / "benchmarks/results/int8-reference-2026-12-02-h200"),
-                 "long=" + str(REPO / "benchmarks/results/long-2026-12-02-h200")]
+                 "long=" + str(REPO / "benchmarks/results/long-2026-12-02-h200"),
+                 "sources=" + str(REPO / "benchmarks/results/sources-2026-12-03-h200")]
 LEVEL = 0.001  # "which file to ship" names files within 0.1% of the best one's perplexity as level with it
 COMPRESSED = ("svd-llm",)  # labels of compressed rows; everything else is plain quantization of the dense model
 

@@ -113,7 +113,9 @@
 # SESSION=int8-alice's, every work call WORK_SECONDS=545: about 100 s of set-up, ~350 s before training,
 # 800 s of training, ~60 s of evaluation: about 1,350 of the 1,800 s, leaving room for one mishap. A dry run of its stages on tiny-gpt2 (DEVICE=cpu, 20k tokens of
 # samples, 30-second schedules, 2,048 tokens of each text) passed.
-# SESSION=sources (planned for the next session, issue 14 items 2 and 4; not run yet):
+# SESSION=sources (issue 14 items 2 and 4; run on 2026-12-03, the eleventh session:
+# benchmarks/results/sources-2026-12-03-h200, 1,417 s of device time in 6 calls, one set-up call lost to a
+# machine handed back between calls 1 and 2):
 # - item 2, which distillation text heals best on its own: the 20% goal plan healed on each source alone,
 #   and on the mix, side by side, for a 300-second schedule (SOURCES_TRAIN_SECONDS), with the held-out
 #   curve every 50 steps (the first 16,384 tokens of each text):

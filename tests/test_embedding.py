@@ -305,6 +305,16 @@ def test_sweep_embedding_heal_scores_each_entry_before_and_after_healing(tmp_pat
         assert row["perplexity"] != row["unhealed"]["perplexity"]  # two steps of distillation moved the weights
     markdown = stem.with_suffix(".md").read_text()
     assert "| unhealed | healed perplexity |" in markdown and "healed before it was scored" in markdown
+    assert "Frequency-aware ranks" not in markdown  # neither tt tiers variant was swept: no empty section
+    # --render-only redraws the table and plot from the JSON alone, which it leaves as it was
+    measured = stem.with_suffix(".json").read_bytes()
+    stem.with_suffix(".md").unlink()
+    stem.with_suffix(".png").unlink()
+    redraw = subprocess.run([sys.executable, "-m", "toolkit.cli", "sweep", "embedding", "--out", str(tmp_path),
+                             "--render-only"], capture_output=True, text=True, env=env, timeout=300)
+    assert redraw.returncode == 0, redraw.stderr
+    assert stem.with_suffix(".md").read_text() == markdown and stem.with_suffix(".json").read_bytes() == measured
+    assert stem.with_suffix(".png").read_bytes()[:4] == b"\x89PNG"
     # the same sweep without --heal does not take the healed rows as its own
     again = subprocess.run([sys.executable, "-m", "toolkit.cli", "sweep", "embedding", "--model", "tiny-gpt2",
                             "--ratios", "3", "--head-ratios", "--max-tokens", "64", "--out", str(tmp_path)],
@@ -312,3 +322,22 @@ def test_sweep_embedding_heal_scores_each_entry_before_and_after_healing(tmp_pat
     assert again.returncode == 0, again.stderr
     plain = json.loads(stem.with_suffix(".json").read_text())
     assert "heal" not in plain and not any("unhealed" in row for row in plain["rows"])
+
+
+def test_head_points_of_the_healed_h200_sweep(tmp_path):
+    """The committed SESSION=sources sweep: every entry has its head's bytes read per token, and the plot of
+    all twelve (before and after healing) draws."""
+    import json
+    from pathlib import Path
+
+    from toolkit.sweep.embedding import head_points, plot
+
+    sweep = Path(__file__).resolve().parents[1] / "benchmarks/results/sources-2026-12-03-h200/heads/embedding-sweep.json"
+    result = json.loads(sweep.read_text())
+    points = head_points(result["rows"])
+    assert len(points) == 12 and {round(p["read"]) for p in points} == {54, 108}
+    assert all(p["unhealed"] is not None and p["perplexity"] < p["unhealed"] for p in points)
+    half = [p for p in points if round(p["read"]) == 54]
+    assert min(half, key=lambda p: p["perplexity"])["label"] == "svd tiers by freq, head shared"
+    plot(result, tmp_path / "heads.png")
+    assert (tmp_path / "heads.png").read_bytes()[:4] == b"\x89PNG"

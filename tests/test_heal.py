@@ -450,3 +450,14 @@ def test_adapters_through_the_cli_and_user_folders_kept(tmp_path, capsys):
                          (["--train", "all", "--merge"], "goes with --train adapters")]:
         assert main(["heal", *common, *bad, "--out", str(tmp_path / "x")]) == 2
         assert message in capsys.readouterr().err
+
+
+def test_heal_scores_all_of_each_text_on_a_gpu_and_4096_tokens_on_the_cpu():
+    from toolkit.cli import build_parser
+    from toolkit.heal.run import held_out_tokens
+
+    args = build_parser().parse_args(["heal", "--model", "tiny-gpt2", "--out", "x"])
+    assert args.max_tokens is None  # the default is decided by the device
+    assert held_out_tokens(args.max_tokens, "cuda") is None and held_out_tokens(None, "cuda:1") is None
+    assert held_out_tokens(args.max_tokens, "cpu") == 4096
+    assert held_out_tokens(300, "cuda") == 300 and held_out_tokens(300, "cpu") == 300

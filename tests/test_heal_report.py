@@ -22,3 +22,13 @@ def test_session_scored_in_int4_keeps_them():
                                   "int4")
     text = heal_report.tables(summary, None)
     assert "healed, int4 (simulated)" in text and "+42.4% |" in text
+
+
+def test_curve_labels_name_the_plan_once_when_every_run_shares_it():
+    one = heal_report.collect(heal_report.unpack(RESULTS / "sources-2026-12-03-h200/heal-results.tar.gz"), "none")
+    plan, labels = heal_report.curve_labels(one)
+    assert plan == "--fc svd-llm --scope all --remove 0.2 --alloc sensitivity --calibration valid,books"
+    assert labels[0] == "--data valid:1" and len(labels) == 5
+    two = heal_report.collect(heal_report.unpack(RESULTS / "long-2026-12-02-h200/heal-results.tar.gz"), "none")
+    plan, labels = heal_report.curve_labels(two)
+    assert plan is None and all(label.startswith("--fc svd-llm") and " | --data " in label for label in labels)

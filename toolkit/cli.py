@@ -45,9 +45,10 @@ def add_plan(p: argparse.ArgumentParser) -> None:
     p.add_argument("--attention", metavar="SPEC", help="attention projections method, e.g. svd:ratio=1.5")
 
 
-def add_eval_window(p: argparse.ArgumentParser, max_tokens: int | None) -> None:
+def add_eval_window(p: argparse.ArgumentParser, max_tokens: int | None, default_help: str | None = None) -> None:
     p.add_argument("--max-tokens", type=int, default=max_tokens,
-                   help="evaluate on the first N tokens of WikiText-2 test (default: %(default)s; all if unset)")
+                   help="evaluate on the first N tokens of WikiText-2 test (default: "
+                        + (default_help or "%(default)s; all if unset") + ")")
     p.add_argument("--context", type=int, help="window length in tokens (default: the model's, at most 1024)")
     p.add_argument("--stride", type=int, help="tokens between window starts (default: half the context)")
 
@@ -148,7 +149,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--objective", choices=["relative", "absolute"], default="relative",
                    help="fc: surgical allocation minimises the sum of per-layer output errors relative to each "
                         "layer's output energy, or as is (default: %(default)s)")
-    p.add_argument("--render-only", action="store_true", help="fc: redraw table and plot from an existing fc-sweep.json")
+    p.add_argument("--render-only", action="store_true", help="redraw the table and plot from the sweep's JSON in --out (fc-sweep.json, embedding-sweep.json)")
     p.add_argument("--ray", nargs="?", const="local", metavar="ADDRESS",
                    help="run each point as a Ray task: 'local' (the default when no address is given) starts Ray "
                         "on this machine, an address (e.g. 10.0.0.1:6379) joins that cluster (needs "
@@ -249,7 +250,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--order", type=int, default=3, help="adapters: number of TT cores (default: %(default)s)")
     p.add_argument("--alpha", type=float, default=1.0, help="adapters: scale of the update (default: %(default)s)")
     p.add_argument("--merge", action="store_true", help="adapters: also fold them into the factors (OUT/merged)")
-    add_eval_window(p, max_tokens=4096)
+    add_eval_window(p, max_tokens=None, default_help="all of each held-out text on cuda, 4096 on cpu")
     p.add_argument("--out", required=True, help="folder: model/ or adapter/, heal.json, heal-state.safetensors (resumes)")
     add_force(p)
     add_json(p)

@@ -490,6 +490,14 @@ def sweep_embedding(args: argparse.Namespace) -> dict:
     from toolkit.sweep import embedding
     from toolkit.sweep.heal import HealSettings
 
+    if args.render_only:
+        import json
+
+        path = Path(args.out) / "embedding-sweep.json"
+        if not path.is_file():
+            raise TensoredgeError(f"--render-only needs {path}: run the sweep first")
+        print(f"wrote {', '.join(map(str, embedding.render(json.loads(path.read_text()), path.with_suffix(''))))}")
+        return {}
     if any(r <= 1 for r in (args.ratios or []) + (args.head_ratios or [])):
         raise TensoredgeError("every ratio must be > 1, e.g. --ratios 2 5 10")
     if args.variants is not None:
@@ -516,7 +524,7 @@ def heal(args: argparse.Namespace) -> dict:
     """Distil a (compressed) model towards its teacher: all parameters, or TT-LoRA adapters."""
     from toolkit.heal.loop import HealConfig
     from toolkit.errors import TensoredgeError
-    from toolkit.heal.run import HealJob, run, summary_rows
+    from toolkit.heal.run import HealJob, held_out_tokens, run, summary_rows
 
     check_device(args.device)
     if args.quant_zero_points and not args.quant:
@@ -532,8 +540,8 @@ def heal(args: argparse.Namespace) -> dict:
         quant_symmetric=not args.quant_zero_points)
     job = HealJob(model=args.model, out=args.out, config=config, teacher=args.teacher, data=args.data,
                   device=args.device, time_limit=args.time_limit, targets=tuple(t for t in args.targets.split(",") if t),
-                  rank=args.rank, order=args.order, alpha=args.alpha, merge=args.merge, max_tokens=args.max_tokens,
-                  context=args.context, stride=args.stride, curve_tokens=args.curve_tokens)
+                  rank=args.rank, order=args.order, alpha=args.alpha, merge=args.merge,
+                  max_tokens=held_out_tokens(args.max_tokens, args.device), context=args.context, stride=args.stride, curve_tokens=args.curve_tokens)
     result = run(job, progress=say)
     print(text_table(["text", "tokens", "", "perplexity", "KL", "top-1 agree"], summary_rows(result)))
     print(f"saved to {result['saved']}" + (f"; merged model to {result['merge']['path']}" if "merge" in result else ""))

@@ -13,6 +13,7 @@ import torch.nn as nn
 
 from toolkit.compress.shared_head import head_costs, stored_bytes
 from toolkit.compress.tt_embedding import row_params, tensor_shape
+from toolkit.files import atomic_path
 from toolkit.sweep import Entry, new_figure, partial_path, run_entries, write_outputs
 from toolkit.sweep.heal import HealSettings
 from toolkit.table import markdown_table, num
@@ -141,6 +142,17 @@ def frequency_finding(rows: list[dict]) -> list[str]:
     return lines
 
 
+def frequency_section(rows: list[dict]) -> list[str]:
+    """The frequency-vs-norm tiers section, or nothing when the sweep did not run both."""
+    findings = frequency_finding(rows)
+    if not findings:
+        return []
+    return ["## Frequency-aware ranks", "",
+            "Two tiers of ranks at the same total bytes; the high tier holds the most frequent tokens of "
+            "WikiText-2 valid (`by=freq`) or the largest-norm rows (`by=norm`, the control).", "",
+            *findings, ""]
+
+
 def markdown(result: dict) -> str:
     ref = result["reference"]
     return "\n".join([
@@ -161,10 +173,7 @@ def markdown(result: dict) -> str:
         "and held in memory). `lowrank`: a truncated SVD of the original table at the same ratio. Head "
         "bytes read and FLOPs are for one decoded token's logits, float32.", "",
         heads_table(result["rows"]), "",
-        "## Frequency-aware ranks", "",
-        "Two tiers of ranks at the same total bytes; the high tier holds the most frequent tokens of "
-        "WikiText-2 valid (`by=freq`) or the largest-norm rows (`by=norm`, the control).", "",
-        *frequency_finding(result["rows"]), "",
+        *frequency_section(result["rows"]),
         "## Published figures (not reproduced here)", "",
         "From the TensorGPT papers, on GPT-2 with pretrained weights, which cannot be loaded on this "
         "machine; they are the papers' claims, not our measurements.", "",
@@ -178,34 +187,91 @@ def healing_note(heal: dict) -> str:
             f"{heal['tokens']:,} WikiText-2 valid tokens; `unhealed` is the same entry before.")
 
 
-def plot(result: dict, path: Path) -> None:
-    fig, (left, right) = new_figure(2)
-    rows = [r for r in result["rows"] if r["table"] == "variants" and "perplexity" in r]
-    if not rows:  # nothing was built: say so rather than draw empty log axes
-        for ax in (left, right):
-            ax.text(0.5, 0.5, "no variant was built (see the table)", ha="center", va="center")
-            ax.set_axis_off()
-        fig.savefig(path, bbox_inches="tight")
-        return
-    for i, variant in enumerate(VARIANTS):
-        mine = sorted((r for r in rows if r["variant"] == variant), key=lambda r: r["ratio"])
-        left.plot([r["ratio"] for r in mine], [r["perplexity"] for r in mine], "o-", color=f"C{i}", label=variant)
-        right.plot([r["ratio"] for r in mine], [r["kl"] for r in mine], "o-", color=f"C{i}", label=variant)
-    left.axhline(result["reference"]["perplexity"], color="black", linestyle="--", linewidth=1, label="dense")
+def head_points(rows: list[dict]) -> list[dict]:
+    """Every scored entry with a head cost, as (label, head MiB read per token, perplexity, unhealed)."""
+    return [{"label": f"{r['variant']}, head {r['head']}", "read": r["head_cost"]["bytes_read"] / 2**20,
+             "perplexity": r["perplexity"], "unhealed": r.get("unhealed", {}).get("perplexity")}
+            for r in rows if "perplexity" in r and r.get("head_cost")]
+
+
+def draw_entries(ax, points: list[dict], dense: float) -> None:
+    """One row per entry, best healed first: perplexity (log), filled after healing, hollow before; the
+    colour is the head's bytes read per token. Scores past 8x dense sit at the edge with their value."""
     from matplotlib.ticker import NullFormatter, ScalarFormatter
 
-    ticks = sorted({r["target"] for r in rows})
-    for ax, label, scale in ((left, "perplexity (log)", "log"), (right, "KL(dense || compressed), nats/token", "linear")):
-        ax.set(xscale="log", yscale=scale, xlabel="embedding compression ratio (log)", ylabel=label)
-        ax.set_xticks(ticks, [f"{t:g}" for t in ticks])
-        ax.xaxis.set_minor_formatter(NullFormatter())
-        ax.yaxis.set_major_formatter(ScalarFormatter())
-        ax.yaxis.set_minor_formatter(NullFormatter())
-        ax.grid(alpha=0.3, which="both")
-        ax.legend(fontsize=8)
+    points = sorted(points, key=lambda p: p["perplexity"])
+    reads = sorted({round(p["read"]) for p in points}, reverse=True)
+    edge = dense * 8
+    for y, p in enumerate(points):
+        colour = f"C{reads.index(round(p['read']))}"
+        ax.plot([min(p["perplexity"], edge)], [y], "o", color=colour)
+        if p["unhealed"] is not None:
+            before = min(p["unhealed"], edge)
+            ax.plot([before], [y], ">" if p["unhealed"] > edge else "o", mfc="none", color=colour)
+            ax.plot([before, min(p["perplexity"], edge)], [y, y], ":", color=colour, linewidth=1)
+            if p["unhealed"] > edge:
+                ax.annotate(f"{p['unhealed']:,.0f}", (edge, y), xytext=(-6, 4), textcoords="offset points",
+                            ha="right", fontsize=6, color=colour)
+    for i, read in enumerate(reads):
+        ax.plot([], [], "o", color=f"C{i}", label=f"head reads about {read} MiB / token")
+    ax.axvline(dense, color="black", linestyle="--", linewidth=1, label="dense")
+    ax.set_yticks(range(len(points)), [p["label"] for p in points], fontsize=7)
+    ax.invert_yaxis()
+    ax.set(xscale="log", xlim=(dense * 0.95, edge * 1.05), xlabel="perplexity (log); hollow: before healing")
+    ax.xaxis.set_major_formatter(ScalarFormatter())
+    ax.xaxis.set_minor_formatter(ScalarFormatter())
+    ax.tick_params(axis="x", which="minor", labelsize=6)
+    ax.grid(alpha=0.3, which="both", axis="x")
+    ax.legend(fontsize=7, loc="lower center", bbox_to_anchor=(0.5, 1.0), ncol=len(reads) + 1, frameon=False)
+
+
+def plot(result: dict, path: Path) -> None:
+    """Perplexity and KL against the ratio (when several ratios were swept), and perplexity against the
+    head's bytes read per decoded token for every entry (unhealed -> healed when the sweep healed)."""
+    rows = [r for r in result["rows"] if r["table"] == "variants" and "perplexity" in r]
+    points = head_points(result["rows"])
+    curves = len({r["target"] for r in rows}) > 1
+    fig, axes = new_figure(2 * curves + bool(points) or 1)
+    if not rows and not points:  # nothing was built: say so rather than draw empty log axes
+        axes[0].text(0.5, 0.5, "no variant was built (see the table)", ha="center", va="center")
+        axes[0].set_axis_off()
+        fig.savefig(path, bbox_inches="tight")
+        return
+    if curves:
+        from matplotlib.ticker import NullFormatter, ScalarFormatter
+
+        left, right = axes[:2]
+        for i, variant in enumerate(VARIANTS):
+            mine = sorted((r for r in rows if r["variant"] == variant), key=lambda r: r["ratio"])
+            if mine:
+                left.plot([r["ratio"] for r in mine], [r["perplexity"] for r in mine], "o-", color=f"C{i}", label=variant)
+                right.plot([r["ratio"] for r in mine], [r["kl"] for r in mine], "o-", color=f"C{i}", label=variant)
+        left.axhline(result["reference"]["perplexity"], color="black", linestyle="--", linewidth=1, label="dense")
+        ticks = sorted({r["target"] for r in rows})
+        for ax, label, scale in ((left, "perplexity (log)", "log"),
+                                 (right, "KL(dense || compressed), nats/token", "linear")):
+            ax.set(xscale="log", yscale=scale, xlabel="embedding compression ratio (log)", ylabel=label)
+            ax.set_xticks(ticks, [f"{t:g}" for t in ticks])
+            ax.xaxis.set_minor_formatter(NullFormatter())
+            ax.yaxis.set_major_formatter(ScalarFormatter())
+            ax.grid(alpha=0.3, which="both")
+            ax.legend(fontsize=8)
+    if points:
+        draw_entries(axes[-1], points, result["reference"]["perplexity"])
     healed = f"healed {result['heal']['steps']} steps; " if result.get("heal") else ""
-    fig.suptitle(f"{result['model']}: embedding only, tied head dense; {healed}{result['tokens']} WikiText-2 test tokens")
+    fig.suptitle(f"{result['model']}: embedding and tied head; {healed}{result['tokens']:,} WikiText-2 test tokens",
+                 fontsize=9)
     fig.savefig(path, bbox_inches="tight")
+
+
+def render(result: dict, stem: Path) -> list[Path]:
+    """`stem`.md and `stem`.png redrawn from a finished sweep's JSON (its measurements unchanged)."""
+    paths = [stem.with_suffix(".md"), stem.with_suffix(".png")]
+    with atomic_path(paths[0]) as tmp:
+        tmp.write_text(markdown(result))
+    with atomic_path(paths[1]) as tmp:
+        plot(result, tmp)
+    return paths
 
 
 def sweep(args: argparse.Namespace, command: str, heal: HealSettings | None = None) -> dict:
