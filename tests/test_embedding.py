@@ -275,7 +275,8 @@ def test_sweep_rejects_bad_ratios():
     import subprocess
     import sys
 
-    for bad, fragment in ((["--ratios", "1"], "every ratio must be > 1"), (["--variants", "ttm,tucker"], "--variants tucker")):
+    for bad, fragment in ((["--ratios", "1"], "every ratio must be > 1"), (["--variants", "ttm,tucker"], "--variants tucker"),
+                          (["--heal", "2", "--heal-data", "valid,alice"], "--heal-data alice: alice is held out")):
         done = subprocess.run([sys.executable, "-m", "toolkit.cli", "sweep", "embedding", *bad],
                               capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"}, timeout=300)
         assert done.returncode == 2 and done.stderr.count("error:") == 1 and "Traceback" not in done.stderr
@@ -341,3 +342,22 @@ def test_head_points_of_the_healed_h200_sweep(tmp_path):
     assert min(half, key=lambda p: p["perplexity"])["label"] == "svd tiers by freq, head shared"
     plot(result, tmp_path / "heads.png")
     assert (tmp_path / "heads.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_sweep_heals_on_the_sources_heal_data_names(tmp_path):
+    import json
+    import os
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-m", "toolkit.cli", "sweep", "embedding", "--model", "tiny-gpt2",
+                           "--ratios", "3", "--head-ratios", "--variants", "svd-table", "--max-tokens", "64",
+                           "--heal", "2", "--heal-batch", "2", "--heal-seq-len", "32", "--heal-data", "books:1,moby:1",
+                           "--out", str(tmp_path)], capture_output=True, text=True,
+                          env={**os.environ, "HF_HUB_OFFLINE": "1"}, timeout=900)
+    assert done.returncode == 0, done.stderr
+    result = json.loads((tmp_path / "embedding-sweep.json").read_text())
+    assert result["heal"]["data"] == "books:1,moby:1"
+    (row,) = result["rows"]
+    assert row["heal"]["steps"] == 2 and row["perplexity"] != row["unhealed"]["perplexity"]
+    assert "on `--data books:1,moby:1`" in (tmp_path / "embedding-sweep.md").read_text()

@@ -168,13 +168,17 @@ def build_parser() -> argparse.ArgumentParser:
                         "skipped, not run (inf: run every point; default: %(default)s)")
     p.add_argument("--heal", type=int, metavar="STEPS",
                    help="heal each compressed model for STEPS distillation steps before scoring it "
-                        "(all parameters, towards the dense model, on WikiText-2 valid); scored before and after")
+                        "(all parameters, towards the dense model, on WikiText-2 valid or --heal-data); scored "
+                        "before and after")
     p.add_argument("--heal-lr", type=float, default=1e-4, help="--heal: learning rate (default: %(default)s)")
     p.add_argument("--heal-batch", type=int, default=4, help="--heal: sequences per step (default: %(default)s)")
     p.add_argument("--heal-seq-len", type=int, default=256, help="--heal: tokens per sequence (default: %(default)s)")
     p.add_argument("--heal-tokens", type=int, default=65536,
                    help="--heal: distil on the first N WikiText-2 valid tokens (more than it holds: all of it; "
                         "default: %(default)s)")
+    p.add_argument("--heal-data", metavar="SPEC",
+                   help="--heal: distil on these sources instead, as `heal --data` takes them, e.g. "
+                        "valid:0.3,books:0.3,generated=out/samples:0.4 (--heal-tokens then does not apply)")
     add_json(p)
 
     p = sub.add_parser("export", help="export to ONNX (factors kept), GGUF (llama.cpp) or the factorized "

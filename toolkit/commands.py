@@ -326,6 +326,15 @@ def sweep(args: argparse.Namespace) -> dict:
     return sweep_fc(args) if args.target == "fc" else sweep_embedding(args)
 
 
+def sweep_heal_settings(args: argparse.Namespace):
+    """`sweep --heal STEPS` and its options as a HealSettings (None without --heal)."""
+    from toolkit.sweep.heal import HealSettings
+
+    if not args.heal:
+        return None
+    return HealSettings(args.heal, args.heal_batch, args.heal_seq_len, args.heal_lr, args.heal_tokens, args.heal_data)
+
+
 def sweep_fc(args: argparse.Namespace) -> dict:
     import json
 
@@ -335,7 +344,6 @@ def sweep_fc(args: argparse.Namespace) -> dict:
 
     from toolkit.sweep import command_line
     from toolkit.sweep.fc import render, run_fc_sweep
-    from toolkit.sweep.heal import HealSettings
 
     out = Path(args.out)
     if args.render_only:
@@ -348,7 +356,7 @@ def sweep_fc(args: argparse.Namespace) -> dict:
             removals = tuple(float(x) for x in args.removals.split(","))
         except ValueError:
             raise TensoredgeError(f"--removals '{args.removals}' must be fractions, e.g. 0.1,0.2,0.3") from None
-        heal = HealSettings(args.heal, args.heal_batch, args.heal_seq_len, args.heal_lr, args.heal_tokens) if args.heal else None
+        heal = sweep_heal_settings(args)
         result = run_fc_sweep(args.model, out, removals, tuple(args.methods.split(",")), args.max_tokens,
                               args.calibration_tokens, args.objective, progress=say,
                               allocations=tuple(args.allocs.split(",")),
@@ -488,7 +496,6 @@ def sweep_embedding(args: argparse.Namespace) -> dict:
     from toolkit.errors import TensoredgeError
     from toolkit.sweep import command_line
     from toolkit.sweep import embedding
-    from toolkit.sweep.heal import HealSettings
 
     if args.render_only:
         import json
@@ -509,7 +516,7 @@ def sweep_embedding(args: argparse.Namespace) -> dict:
     args.ratios = args.ratios or list(embedding.RATIOS)
     args.head_ratios = embedding.HEAD_RATIOS if args.head_ratios is None else args.head_ratios
     args.out = str(Path(args.out) / "embedding-sweep")
-    heal = HealSettings(args.heal, args.heal_batch, args.heal_seq_len, args.heal_lr, args.heal_tokens) if args.heal else None
+    heal = sweep_heal_settings(args)
     return embedding.sweep(args, command_line(sys.argv[1:]), heal)
 
 

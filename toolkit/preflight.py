@@ -83,6 +83,10 @@ def check_sweep_outputs(args: argparse.Namespace) -> None:
         require_ray()
     if args.heal is not None and args.heal < 1:
         raise TensoredgeError(f"--heal {args.heal}: give at least 1 healing step")
+    if args.heal is not None:
+        from toolkit.sweep.heal import check_data
+
+        check_data(args.heal_data)
     if args.heal is not None and args.heal_tokens < args.heal_batch * args.heal_seq_len:
         raise TensoredgeError(f"--heal-tokens {args.heal_tokens}: give at least one batch "
                               f"(--heal-batch x --heal-seq-len = {args.heal_batch * args.heal_seq_len} tokens)")

@@ -12,7 +12,7 @@ import copy
 import json
 import platform
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
@@ -46,7 +46,7 @@ class Shared:
     measure: Measure
     device: str = "cpu"
     heal: object = None  # toolkit.sweep.heal.HealSettings: each entry healed before it is scored
-    heal_ids: object = None  # the distillation text (WikiText-2 valid ids)
+    heal_ids: object = None  # the distillation text: WikiText-2 valid ids or a DataMix (toolkit.sweep.heal)
 
 
 def run_entry(spec: dict, shared: Shared, _prepared: object = None) -> dict:
@@ -100,15 +100,15 @@ def run_entries(entries_for: Callable[[nn.Module], list[Entry]], args: argparse.
     windows, setup = evaluation_windows(loaded, args)
     entries = entries_for(loaded.model)
     device = getattr(args, "device", "cpu")
-    key = {"model": loaded.name, **setup} | ({"heal": asdict(heal)} if heal else {})
+    key = {"model": loaded.name, **setup} | ({"heal": heal.record()} if heal else {})
     say(f"sweep of {len(entries)} plans on {loaded.name}, {setup['tokens']} WikiText-2 test tokens each; "
         "dense reference first")
     reference = Reference(loaded.model.eval(), windows, device)
     heal_ids = None
     if heal:
-        from toolkit.compress.context import valid_ids
+        from toolkit.sweep.heal import distillation_text
 
-        heal_ids = valid_ids(loaded.tokenizer)[: heal.tokens]
+        heal_ids = distillation_text(heal, loaded.tokenizer)
     shared = Shared(loaded.model, loaded.family, loaded.tokenizer, reference, measure, device, heal, heal_ids)
     ledger = Ledger(partial, {"key": key}, ("key",), say)
     points = [Point(json.dumps(e.plan, sort_keys=True), i, str(i), {"plan": e.plan, "labels": e.labels})

@@ -183,8 +183,9 @@ def markdown(result: dict) -> str:
 
 def healing_note(heal: dict) -> str:
     return (f" Every entry was healed before it was scored: all parameters distilled towards the dense model for "
-            f"{heal['steps']:,} steps of {heal['batch']} x {heal['seq_len']} tokens at lr {heal['lr']:g}, on the first "
-            f"{heal['tokens']:,} WikiText-2 valid tokens; `unhealed` is the same entry before.")
+            f"{heal['steps']:,} steps of {heal['batch']} x {heal['seq_len']} tokens at lr {heal['lr']:g}, on "
+            + (f"`--data {heal['data']}`" if heal.get("data") else f"the first {heal['tokens']:,} WikiText-2 valid tokens")
+            + "; `unhealed` is the same entry before.")
 
 
 def head_points(rows: list[dict]) -> list[dict]:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import copy
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
@@ -19,7 +19,7 @@ import torch
 
 from toolkit.files import atomic_path
 from toolkit.sweep.grid import Point, one_line
-from toolkit.sweep.heal import HealSettings, heal_trial
+from toolkit.sweep.heal import HealSettings, distillation_text, heal_trial
 from toolkit.sweep.score import Reference
 
 HOPELESS = 1000.0  # perplexity past which larger removals are not measured
@@ -79,7 +79,7 @@ class Shared:
     model_params: int
     device: str = "cpu"
     heal: HealSettings | None = None
-    heal_ids: torch.Tensor | None = None
+    heal_ids: object = None  # WikiText-2 valid ids or a DataMix (toolkit.sweep.heal.distillation_text)
     keep_context: bool = True  # in-process: one Context (calibration statistics) for every method
 
 
@@ -212,13 +212,13 @@ def prepare_shared(model_ref: str, max_tokens: int | None, calibration_tokens: i
     shared = Shared(model, loaded.family, loaded.tokenizer, valid[:calibration_tokens], calibration_tokens, objective,
                     sensitivity, any(a in MEASURED for a in allocations), reference, fc_dense,
                     count_parameters(model)["total"]["params"], device, heal,
-                    valid[: heal.tokens] if heal else None)
+                    distillation_text(heal, loaded.tokenizer) if heal else None)
     header = {
         "model": loaded.name, "family": loaded.family, "dataset": "wikitext-2 test",
         "tokens": len(ids), "context": context, "stride": stride,
         "calibration": f"wikitext-2 valid, first {calibration_tokens} tokens", "surgical_objective": objective,
         "sensitivity_tokens": getattr(sensitivity, "tokens", None),
-        "heal": asdict(heal) if heal else None,
+        "heal": heal.record() if heal else None,
         "model_params": shared.model_params, "fc_params": fc_dense,
         "dense": reference.scores, "anchors": ANCHORS, "hopeless_perplexity": HOPELESS,
     }
